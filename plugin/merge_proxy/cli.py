@@ -1,0 +1,64 @@
+"""The ``merge-proxy`` command line.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; this module only wires them
+together and turns our own exceptions into one line on stderr and a non-zero exit, so a user sees the
+cause and the fix instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from merge_proxy import __version__
+from merge_proxy.errors import MergeProxyError
+
+#: Modules that add a subcommand, in the order ``--help`` lists them.
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("merge_proxy.commands.merge", "merge_proxy.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; subcommand modules are imported here but import nothing heavy themselves."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="merge-proxy",
+        description="Choose SFT data mixtures with merged expert proxies "
+        "(LLaMA-Factory, lmms-eval, Hugging Face Hub).",
+    )
+    parser.add_argument("--version", action="version", version=f"merge-proxy {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG level instead of INFO"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except MergeProxyError as err:
+        print(f"merge-proxy {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"merge-proxy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `merge-proxy` subcommands: each module registers one with argparse and calls the library."""

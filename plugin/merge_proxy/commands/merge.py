@@ -1,0 +1,54 @@
+"""``merge-proxy merge``: write a merged model (or one merged LoRA adapter) to disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "merge",
+        help="merge experts with mixture weights into a full model or one LoRA adapter",
+        description="theta = theta_0 + sum_i w_i (theta_i - theta_0), exact, from LoRA or full experts "
+        "given as local directories or Hub repos (ORG/NAME[@REV]).",
+    )
+    p.add_argument("--base", required=True, help="base model: directory or Hub repo id[@revision]")
+    p.add_argument(
+        "--expert", action="append", required=True, metavar="NAME=SRC",
+        help="an expert: NAME=directory or NAME=ORG/REPO[@REV] (repeat for each expert)",
+    )
+    p.add_argument("--weights", required=True, help="NAME=W,NAME=W (or W,W in --expert order)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
+    p.add_argument("--method", default="linear", choices=("linear", "task_arithmetic"))
+    p.add_argument("--scale", type=float, default=None, help="task_arithmetic: multiplier of the summed deltas")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="output dtype (auto: the base's)")
+    p.add_argument("--format", default="full", choices=("full", "lora"), dest="fmt",
+                   help="full checkpoint, or one PEFT adapter (LoRA experts only)")
+    p.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights")
+    p.add_argument("--no-base-check", action="store_true",
+                   help="do not compare the base each expert declares with --base (shapes are still checked)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from merge_proxy.engine import MergeMethod, build_plan
+    from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
+    from merge_proxy.atomic import check_new_output_dir
+    from merge_proxy.export import export_full, export_lora
+    from merge_proxy.mixture import make_mixture
+
+    check_new_output_dir(args.out)  # before any download
+    method = MergeMethod(args.method, 1.0 if args.scale is None else args.scale)
+    specs = [ExpertSpec.parse(e) for e in args.expert]
+    if all(s.name for s in specs):  # check the weights before any download or file read
+        make_mixture(args.weights, [s.name for s in specs], method.name)
+    base = resolve(ExpertSpec.parse(args.base), allow_pickle=args.allow_pickle, for_base=True)
+    experts = resolve_experts(specs, allow_pickle=args.allow_pickle)
+    plan = build_plan(base, experts, check_declared_base=not args.no_base_check)
+    mixture = plan.mixture(args.weights, method)
+    export = export_lora if args.fmt == "lora" else export_full
+    result = export(plan, mixture, method, args.out, dtype=args.dtype)
+    print(f"{result.path} ({result.format}, {result.bytes_written / 1e6:.1f} MB): {mixture.key()}")
+    return 0

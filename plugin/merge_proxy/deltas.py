@@ -1,0 +1,191 @@
+"""Expert weight deltas, read lazily: LoRA factors (A, B, scaling) and full-checkpoint tensors.
+
+A LoRA expert's delta on a weight W is ``scaling * B @ A``; it is kept factored (a few MB) and
+multiplied out one parameter at a time during a merge. A full expert's delta is ``theta_i - theta_0``;
+its tensors are memory-mapped from safetensors and read one at a time, so K full experts never sit in
+memory together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from merge_proxy.experts import ExpertError, ResolvedModel
+from merge_proxy.naming import NamingError, ParameterNames, read_safetensors_index
+
+logger = logging.getLogger(__name__)
+
+_LORA_KEY_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraFactor:
+    """One adapted weight: delta = scaling * B @ A (transposed for fan_in_fan_out layers)."""
+
+    module: str
+    """The module path as written in the adapter (kept for LoRA-format exports)."""
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+    transpose: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+        A = self.A.to(device=device, dtype=dtype)
+        B = self.B.to(device=device, dtype=dtype)
+        d = (B @ A) * self.scaling
+        return d.T if self.transpose else d
+
+
+def _refuse_unsupported_lora(expert: ResolvedModel, cfg: dict) -> None:
+    """Adapters whose effect is not a plain additive weight delta are refused, never approximated."""
+    label = f"expert {expert.name!r} ({expert.source})"
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ExpertError(f"{label} is a {cfg.get('peft_type')} adapter; merge-proxy merges LoRA adapters only")
+    problems = []
+    if cfg.get("use_dora"):
+        problems.append("DoRA (use_dora: its magnitude vector rescales W, not a weight delta)")
+    if cfg.get("lora_bias"):
+        problems.append("lora_bias (trained bias vectors)")
+    if cfg.get("bias", "none") != "none":
+        problems.append(f"bias={cfg.get('bias')!r} (trained bias vectors)")
+    if cfg.get("modules_to_save"):
+        problems.append(f"modules_to_save {cfg['modules_to_save']} (whole modules replaced)")
+    if cfg.get("trainable_token_indices"):
+        problems.append("trainable_token_indices")
+    if cfg.get("target_parameters"):
+        problems.append("target_parameters")
+    if cfg.get("layer_replication"):
+        problems.append("layer_replication")
+    if problems:
+        raise ExpertError(
+            f"{label} uses {'; '.join(problems)}, which is not a plain weight delta and would not be "
+            "merged exactly; retrain it as plain LoRA (LLaMA-Factory: use_dora false, no additional_target), "
+            "or export it to a full model and pass that as a full expert"
+        )
+
+
+def _scaling(cfg: dict, module: str) -> tuple[int, float]:
+    from peft.utils.other import get_pattern_key
+
+    rank_pattern = cfg.get("rank_pattern") or {}
+    alpha_pattern = cfg.get("alpha_pattern") or {}
+    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), cfg.get("r", 8))
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), cfg.get("lora_alpha", 8))
+    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    return int(r), float(scaling)
+
+
+def _load_adapter_tensors(expert: ResolvedModel) -> dict[str, torch.Tensor]:
+    st = expert.path / "adapter_model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(st)
+    # Only reachable with allow_pickle (the resolver refused otherwise); weights_only still refuses code.
+    return torch.load(expert.path / "adapter_model.bin", map_location="cpu", weights_only=True)
+
+
+def load_lora_factors(expert: ResolvedModel, names: ParameterNames) -> dict[str, LoraFactor]:
+    """Base parameter name -> LoRA factor, validated against the base's names and shapes."""
+    cfg = expert.adapter_config or {}
+    _refuse_unsupported_lora(expert, cfg)
+    tensors = _load_adapter_tensors(expert)
+    label = f"expert {expert.name!r}"
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        suffix = next((s for s in _LORA_KEY_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            raise ExpertError(
+                f"{label}: adapter tensor {key!r} is not a LoRA A/B matrix (embedding LoRA, biases or saved "
+                "modules); merge-proxy merges linear-layer LoRA only"
+            )
+        module = key[: -len(suffix)]
+        module = module[len(_PEFT_PREFIX):] if module.startswith(_PEFT_PREFIX) else module
+        pairs.setdefault(module, {})[suffix[1:7]] = tensor
+
+    factors: dict[str, LoraFactor] = {}
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise ExpertError(f"{label}: module {module!r} has {sorted(ab)} but needs both lora_A and lora_B")
+        param = names.module_to_param(module)
+        if param is None:
+            raise NamingError(
+                f"{label}: adapter module {module!r} matches no parameter of the base model "
+                f"({names.model_type}); was this expert trained from a different base?"
+            )
+        if param in factors:
+            raise NamingError(f"{label}: modules {factors[param].module!r} and {module!r} both map to {param!r}")
+        r, scaling = _scaling(cfg, module)
+        A, B = ab["lora_A"], ab["lora_B"]
+        transpose = bool(cfg.get("fan_in_fan_out"))
+        shape = (B.shape[0], A.shape[1]) if not transpose else (A.shape[1], B.shape[0])
+        if A.shape[0] != r or B.shape[1] != r:
+            raise ExpertError(f"{label}: {module!r} has rank {A.shape[0]}x{B.shape[1]}, config says r={r}")
+        if tuple(shape) != names.params[param].shape:
+            raise ExpertError(
+                f"{label}: {module!r} gives a {tuple(shape)} delta but base parameter {param!r} is "
+                f"{names.params[param].shape}; the expert was trained from a different base model"
+            )
+        factors[param] = LoraFactor(module=module, A=A, B=B, scaling=scaling, transpose=transpose)
+    if not factors:
+        raise ExpertError(f"{label}: the adapter holds no LoRA weights")
+    return factors
+
+
+class FullExpertReader:
+    """A full fine-tuned checkpoint, memory-mapped: base parameter name -> tensor, one at a time."""
+
+    def __init__(self, expert: ResolvedModel, names: ParameterNames) -> None:
+        self.expert = expert
+        self._where: dict[str, tuple[Path, str]] = {}
+        label = f"expert {expert.name!r}"
+        index = read_safetensors_index(expert.path)
+        if not index:
+            raise ExpertError(f"{label}: no safetensors weights in {expert.path}")
+        for key, file in index.items():
+            param = names.checkpoint_to_memory(key)
+            if param is None:
+                raise NamingError(
+                    f"{label}: checkpoint tensor {key!r} matches no parameter of the base model "
+                    f"({names.model_type}); was this expert trained from a different base?"
+                )
+            if param in self._where:
+                raise NamingError(f"{label}: tensors {self._where[param][1]!r} and {key!r} both map to {param!r}")
+            self._where[param] = (file, key)
+        self._handles: dict[Path, object] = {}
+        for param, shape in self._shapes():
+            if shape != names.params[param].shape:
+                raise ExpertError(
+                    f"{label}: tensor for {param!r} is {shape} but the base has "
+                    f"{names.params[param].shape}; the expert was trained from a different base model"
+                )
+
+    def _handle(self, file: Path):
+        from safetensors import safe_open
+
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, framework="pt")
+        return self._handles[file]
+
+    def _shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        for param, (file, key) in self._where.items():
+            yield param, tuple(self._handle(file).get_slice(key).get_shape())
+
+    @property
+    def params(self) -> set[str]:
+        return set(self._where)
+
+    def tensor(self, param: str) -> torch.Tensor:
+        file, key = self._where[param]
+        return self._handle(file).get_tensor(key)

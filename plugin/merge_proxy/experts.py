@@ -1,0 +1,214 @@
+"""The one expert resolver: ``NAME=SOURCE`` -> files on disk, a kind, and a pinned revision.
+
+SOURCE is a local directory or a Hub repo id with an optional ``@revision``; a Hub revision is
+resolved to its commit sha first and only that commit is downloaded, so every output that records the
+sha can be reproduced exactly. Only the files the merge reads are fetched (a LoRA expert's adapter,
+not the optimizer states LLaMA-Factory may have pushed beside it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from merge_proxy.errors import MergeProxyError
+from merge_proxy.hub import HubOptions, fetch_snapshot, looks_like_repo_id, repo_files, split_revision
+from merge_proxy.mixture import check_name
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["lora", "full"]
+
+#: The provenance file merge-proxy publishes beside every expert (see merge_proxy.publish).
+EXPERT_METADATA_FILE = "expert.json"
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+_LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", EXPERT_METADATA_FILE)
+_FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", EXPERT_METADATA_FILE)
+_PICKLE_FILES = ("adapter_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+#: A base model also needs what makes the export loadable: tokenizer, processor, chat template.
+_BASE_EXTRA = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
+
+
+class ExpertError(MergeProxyError):
+    """An expert (or the base) cannot be used as given; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """An expert as the user wrote it: optional name, source, optional revision."""
+
+    source: str
+    name: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ExpertSpec:
+        """``NAME=SOURCE[@REV]`` or ``SOURCE[@REV]`` (named later from its metadata or position)."""
+        text = text.strip()
+        if not text:
+            raise ExpertError("empty expert; write NAME=SOURCE, SOURCE a directory or a Hub repo id[@revision]")
+        name: str | None = None
+        if "=" in text:
+            name, text = (part.strip() for part in text.split("=", 1))
+            check_name(name)
+        source, revision = split_revision(text) if not Path(text).exists() else (text, None)
+        return cls(source=source, name=name, revision=revision)
+
+    def __str__(self) -> str:
+        at = f"@{self.revision}" if self.revision else ""
+        return f"{self.name + '=' if self.name else ''}{self.source}{at}"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model or expert on local disk, with where it came from."""
+
+    name: str
+    source: str
+    path: Path
+    kind: Kind
+    repo_id: str | None = None
+    revision: str | None = None
+    """The commit sha for a Hub source; None for a local directory."""
+    adapter_config: dict | None = None
+    metadata: dict | None = field(default=None, compare=False)
+    """expert.json, when the expert was published by merge-proxy."""
+
+    @property
+    def pinned_source(self) -> str:
+        """``repo@sha`` for Hub sources, the absolute path for local ones: what outputs record."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id else str(self.path)
+
+    @property
+    def domain(self) -> str | None:
+        return (self.metadata or {}).get("domain")
+
+    @property
+    def declared_base(self) -> str | None:
+        """The base model this expert says it was trained from (expert.json, else the adapter config)."""
+        meta_base = ((self.metadata or {}).get("base_model") or {})
+        if isinstance(meta_base, dict) and meta_base.get("id"):
+            return str(meta_base["id"])
+        if self.adapter_config:
+            return self.adapter_config.get("base_model_name_or_path")
+        return None
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ExpertError(f"{path} is not valid JSON ({err}); re-publish or repair the file") from None
+
+
+def _kind_from_files(files: Sequence[str], label: str) -> Kind:
+    names = {Path(f).name for f in files}
+    if "adapter_config.json" in names:
+        return "lora"
+    if "config.json" in names:
+        return "full"
+    raise ExpertError(
+        f"{label} holds neither a PEFT adapter (adapter_config.json) nor a transformers checkpoint "
+        "(config.json); point it at the directory LLaMA-Factory wrote (output_dir)"
+    )
+
+
+def _check_weights_present(files: Sequence[str], kind: Kind, label: str, allow_pickle: bool) -> None:
+    names = [Path(f).name for f in files]
+    has_safetensors = any(n.endswith(".safetensors") for n in names) if kind == "full" else (
+        "adapter_model.safetensors" in names
+    )
+    if has_safetensors:
+        return
+    pickles = [n for n in names if n.endswith(".bin")]
+    if pickles and not allow_pickle:
+        raise ExpertError(
+            f"{label} has only pickle weights ({', '.join(sorted(pickles))}); loading them can run code "
+            "from the file: convert them to safetensors, or pass --allow-pickle if you trust the source"
+        )
+    if not pickles:
+        raise ExpertError(f"{label} has no weights (no .safetensors file); is it a complete {kind} checkpoint?")
+
+
+def _patterns(kind: Kind, allow_pickle: bool, for_base: bool) -> list[str]:
+    patterns = list(_LORA_FILES if kind == "lora" else _FULL_FILES)
+    if allow_pickle:
+        patterns += _PICKLE_FILES
+    if for_base:
+        patterns += _BASE_EXTRA
+    return patterns
+
+
+def resolve(
+    spec: ExpertSpec,
+    *,
+    position: int = 0,
+    allow_pickle: bool = False,
+    for_base: bool = False,
+    hub: HubOptions | None = None,
+) -> ResolvedModel:
+    """Locate (and fetch, for a Hub source) one expert or the base model.
+
+    The name is the spec's, else the domain in expert.json, else ``expert<position>``.
+    """
+    hub = hub or HubOptions()
+    label = f"{'base model' if for_base else 'expert'} {spec.name or spec.source!r}"
+    local = Path(spec.source).expanduser()
+    if local.is_dir():
+        if spec.revision:
+            raise ExpertError(f"{label}: a revision (@{spec.revision}) only applies to Hub repos, not local directories")
+        files = [str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()]
+        kind = _kind_from_files(files, label)
+        _check_weights_present(files, kind, label, allow_pickle)
+        path, repo_id, sha = local.resolve(), None, None
+    elif looks_like_repo_id(spec.source) and spec.source.count("/") == 1:
+        sha, files = repo_files(spec.source, spec.revision, hub)
+        kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})")
+        _check_weights_present(files, kind, label, allow_pickle)
+        path = fetch_snapshot(spec.source, sha, _patterns(kind, allow_pickle, for_base), hub)
+        repo_id = spec.source
+    else:
+        raise ExpertError(
+            f"{label}: {spec.source!r} is neither an existing directory nor a Hub repo id (ORG/NAME[@REV])"
+        )
+    if sha is not None and not _SHA.match(sha):
+        raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
+    adapter_config = _read_json(path / "adapter_config.json") if kind == "lora" else None
+    metadata = _read_json(path / EXPERT_METADATA_FILE)
+    name = spec.name or (metadata or {}).get("domain") or ("base" if for_base else f"expert{position}")
+    resolved = ResolvedModel(
+        name=check_name(str(name)), source=spec.source, path=path, kind=kind,
+        repo_id=repo_id, revision=sha, adapter_config=adapter_config, metadata=metadata,
+    )
+    logger.info("%s: %s %s (%s)", label, kind, resolved.pinned_source, path)
+    return resolved
+
+
+def resolve_experts(
+    specs: Sequence[ExpertSpec | str],
+    *,
+    allow_pickle: bool = False,
+    hub: HubOptions | None = None,
+) -> list[ResolvedModel]:
+    """Resolve every expert, naming unnamed ones, and refuse duplicate names before any merge work."""
+    parsed = [s if isinstance(s, ExpertSpec) else ExpertSpec.parse(s) for s in specs]
+    if not parsed:
+        raise ExpertError("no experts given; pass at least one NAME=SOURCE")
+    experts = [resolve(s, position=i, allow_pickle=allow_pickle, hub=hub) for i, s in enumerate(parsed)]
+    seen: dict[str, str] = {}
+    for e in experts:
+        if e.name in seen:
+            raise ExpertError(
+                f"two experts are named {e.name!r} ({seen[e.name]} and {e.source}); name them explicitly "
+                "with NAME=SOURCE"
+            )
+        seen[e.name] = e.source
+    return experts

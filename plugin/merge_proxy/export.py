@@ -1,0 +1,253 @@
+"""Writing a merge to disk: a full transformers checkpoint, or one PEFT adapter (``--format lora``).
+
+The full export streams the base checkpoint tensor by tensor (memory-mapped safetensors), merges the
+touched ones and writes shards as they fill: peak memory is about one shard plus one tensor per
+expert, never K models. The LoRA export concatenates the experts' ranks, so the single adapter's
+delta is exactly sum_i c_i * scaling_i * B_i @ A_i (PEFT's ``cat`` combination).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from merge_proxy import __version__
+from merge_proxy.atomic import atomic_output_dir
+from merge_proxy.engine import MergeError, MergeMethod, MergePlan
+from merge_proxy.mixture import Mixture
+from merge_proxy.naming import read_safetensors_index
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+PROVENANCE_FILE = "merge_proxy.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+_NOT_COPIED = {"README.md", ".gitattributes", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+               "expert.json", PROVENANCE_FILE}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    bytes_written: int
+    tensors_merged: int
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    # delay: the bar appears only for merges that take longer than a second.
+    return tqdm(total=total, desc=desc, unit="tensor", delay=1.0, leave=False)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def provenance(plan: MergePlan, mixture: Mixture, method: MergeMethod, fmt: str, dtype: str) -> dict:
+    """What reproduces this merge: sources pinned to commit shas, weights, method."""
+    return {
+        "merge_proxy_version": __version__,
+        "format": fmt,
+        "method": method.name,
+        "scale": method.scale,
+        "dtype": dtype,
+        "weights": mixture.as_dict(),
+        "base": {"source": plan.base.source, "pinned": plan.base.pinned_source, "revision": plan.base.revision},
+        "experts": [
+            {"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision, "kind": e.kind}
+            for e in plan.experts
+        ],
+    }
+
+
+def _card(plan: MergePlan, record: dict, fmt: str) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from merge_proxy.hub import looks_like_repo_id
+    from merge_proxy.resources import card_template
+
+    hub_ids = [m.repo_id for m in (plan.base, *plan.experts) if m.repo_id and looks_like_repo_id(m.repo_id)]
+    data = ModelCardData(
+        base_model=(plan.base.repo_id if fmt == "lora" else hub_ids) or None,
+        base_model_relation="adapter" if fmt == "lora" else "merge",
+        library_name="peft" if fmt == "lora" else "transformers",
+        tags=["merge-proxy", "merge", "merge-proxy-proxy"],
+    )
+    card = ModelCard.from_template(data, template_str=card_template("merged"), record=record, fmt=fmt)
+    return str(card)
+
+
+def _copy_aux_files(base_dir: Path, out: Path, dtype: str) -> None:
+    for src in sorted(base_dir.iterdir()):
+        if src.is_dir() or src.name.startswith(".") or src.name in _NOT_COPIED:
+            continue
+        if src.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        shutil.copy2(src, out / src.name)
+    if dtype != "auto" and (out / "config.json").is_file():
+        cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        cfg["dtype"] = dtype
+        for sub in ("text_config", "vision_config"):
+            if isinstance(cfg.get(sub), dict) and "dtype" in cfg[sub]:
+                cfg[sub]["dtype"] = dtype
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def _shard_plan(keys: list[tuple[Path, str]], handles, out_dtype, max_bytes: int) -> list[list[tuple[Path, str]]]:
+    shards: list[list[tuple[Path, str]]] = [[]]
+    size = 0
+    for file, key in keys:
+        sl = handles(file).get_slice(key)
+        numel = 1
+        for dim in sl.get_shape():
+            numel *= dim
+        itemsize = _itemsize(sl.get_dtype(), out_dtype)
+        nbytes = numel * itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((file, key))
+        size += nbytes
+    return shards
+
+
+_ST_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _itemsize(st_dtype: str, out_dtype: torch.dtype | None) -> int:
+    if out_dtype is not None and st_dtype in ("F64", "F32", "F16", "BF16"):
+        return torch.empty((), dtype=out_dtype).element_size()
+    return _ST_DTYPE_SIZES.get(st_dtype, 4)
+
+
+def export_full(
+    plan: MergePlan,
+    mixture: Mixture,
+    method: MergeMethod,
+    out_dir: str | Path,
+    dtype: str = "auto",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> ExportResult:
+    """Write the merged model as a transformers checkpoint (sharded safetensors, base's other files)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out_dtype = DTYPES[dtype]
+    index = read_safetensors_index(plan.base.path)
+    if not index:
+        raise MergeError(f"the base {plan.base.source!r} has no safetensors weights to merge into")
+    touched = set(plan.touched)
+    handles_cache: dict[Path, object] = {}
+
+    def handle(file: Path):
+        if file not in handles_cache:
+            handles_cache[file] = safe_open(file, framework="pt")
+        return handles_cache[file]
+
+    keys = [(file, key) for key, file in index.items()]
+    keys.sort(key=lambda fk: (fk[0].name, fk[1]))
+    shards = _shard_plan(keys, handle, out_dtype, max_shard_bytes)
+    record = provenance(plan, mixture, method, "full", dtype)
+    merged_count = 0
+    with atomic_output_dir(out_dir) as staging, _progress(len(keys), "merging") as bar:
+        weight_map: dict[str, str] = {}
+        for i, shard in enumerate(shards, start=1):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            tensors: dict[str, torch.Tensor] = {}
+            for file, key in shard:
+                theta0 = handle(file).get_tensor(key)
+                param = plan.names.checkpoint_to_memory(key)
+                tensor = theta0
+                if param in touched:
+                    tensor = plan.merged_tensor(param, theta0, mixture, method)
+                    merged_count += 1
+                if out_dtype is not None and tensor.is_floating_point() and tensor.dtype != out_dtype:
+                    tensor = tensor.to(out_dtype)
+                tensors[key] = tensor.contiguous()
+                weight_map[key] = fname
+                bar.update(1)
+            save_file(tensors, staging / fname, metadata={"format": "pt"})
+            del tensors
+        if len(shards) > 1:
+            total = sum((staging / f).stat().st_size for f in set(weight_map.values()))
+            (staging / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+            )
+        _copy_aux_files(plan.base.path, staging, dtype)
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(_card(plan, record, "full"), encoding="utf-8")
+        written = _dir_bytes(staging)
+    logger.info("wrote merged model (%d merged tensors, %.1f MB) to %s", merged_count, written / 1e6, out_dir)
+    return ExportResult(Path(out_dir), "full", written, merged_count)
+
+
+def combined_lora(plan: MergePlan, mixture: Mixture, method: MergeMethod) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+    """The experts' LoRA factors as one adapter: A = cat(c_i s_i A_i), B = cat(B_i), scaling 1.
+
+    Every module gets the same rank (the largest sum of ranks; absent experts contribute zero blocks)
+    so the adapter needs no rank_pattern, which not every LoRA loader (vLLM) honours.
+    """
+    if not plan.all_lora:
+        full = ", ".join(plan.full)
+        raise MergeError(f"--format lora needs LoRA experts only; {full} are full checkpoints: use --format full")
+    modules: dict[str, list[tuple[float, object]]] = {}
+    for name, weight in mixture.weights:
+        coef = method.coefficient(weight)
+        for param, factor in plan.lora[name].items():
+            modules.setdefault(param, []).append((coef, factor))
+    rank = max(sum(f.rank for _, f in entries) for entries in modules.values())
+    tensors: dict[str, torch.Tensor] = {}
+    targets: list[str] = []
+    for param in plan.touched:
+        entries = modules[param]
+        first = entries[0][1]
+        A = torch.cat([f.A.float() * (c * f.scaling) for c, f in entries], dim=0)
+        B = torch.cat([f.B.float() for _, f in entries], dim=1)
+        pad = rank - A.shape[0]
+        if pad:
+            A = torch.cat([A, A.new_zeros(pad, A.shape[1])], dim=0)
+            B = torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
+        prefix = f"base_model.model.{first.module}"
+        tensors[f"{prefix}.lora_A.weight"] = A.contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = B.contiguous()
+        targets.append(first.module)
+    return tensors, rank, targets
+
+
+def export_lora(
+    plan: MergePlan, mixture: Mixture, method: MergeMethod, out_dir: str | Path, dtype: str = "auto"
+) -> ExportResult:
+    """Write ONE PEFT adapter equal to the weighted sum of the LoRA experts (loadable by PEFT and vLLM)."""
+    from safetensors.torch import save_file
+
+    tensors, rank, targets = combined_lora(plan, mixture, method)
+    out_dtype = DTYPES[dtype] or torch.float32  # float32 by default: the product stays exact
+    tensors = {k: v.to(out_dtype) for k, v in tensors.items()}
+    config = dict(plan.experts[0].adapter_config or {})
+    config.update(
+        r=rank, lora_alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={}, lora_dropout=0.0,
+        use_dora=False, target_modules=targets, base_model_name_or_path=plan.base.repo_id or plan.base.source,
+        inference_mode=True,
+    )
+    record = provenance(plan, mixture, method, "lora", dtype)
+    with atomic_output_dir(out_dir) as staging:
+        save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(_card(plan, record, "lora"), encoding="utf-8")
+        written = _dir_bytes(staging)
+    logger.info("wrote merged LoRA adapter (rank %d, %d modules) to %s", rank, len(targets), out_dir)
+    return ExportResult(Path(out_dir), "lora", written, len(targets))

@@ -1,0 +1,114 @@
+"""Talking to the Hugging Face Hub (or any server speaking its API, such as our emulator).
+
+Everything goes through huggingface_hub; this module only pins a download to a commit sha, limits it
+to the files a step needs, and turns the client's exceptions into messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from merge_proxy.errors import MergeProxyError
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
+class HubError(MergeProxyError):
+    """A Hub request failed for a reason the user can fix (id, revision, token, network)."""
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Where and as whom to reach the Hub. None means huggingface_hub's own defaults (HF_ENDPOINT,
+    HF_TOKEN or the saved login, HF_HOME's cache)."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    cache_dir: Path | None = None
+
+    def api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+
+def looks_like_repo_id(text: str) -> bool:
+    return bool(_REPO_ID.match(text)) and ".." not in text
+
+
+def split_revision(source: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> (``org/name``, ``rev``); no ``@`` -> (source, None)."""
+    if "@" in source:
+        repo, rev = source.rsplit("@", 1)
+        return repo, rev or None
+    return source, None
+
+
+def _explain(err: Exception, repo_id: str, revision: str | None, options: HubOptions) -> HubError:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = options.endpoint or "the Hub"
+    if isinstance(err, GatedRepoError):
+        return HubError(f"{repo_id} is gated: accept its conditions on its Hub page, then retry with a token")
+    if isinstance(err, RepositoryNotFoundError):
+        return HubError(
+            f"repository {repo_id} not found on {where}, or private: check the id, or authenticate "
+            "(hf auth login, or HF_TOKEN) with a token that can read it"
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return HubError(f"revision {revision!r} of {repo_id} not found: use a branch, tag or commit sha it has")
+    if isinstance(err, LocalEntryNotFoundError):  # before EntryNotFoundError, its base class
+        return HubError(
+            f"cannot reach {where} to fetch {repo_id} and it is not in the local cache: check the network "
+            "or HF_ENDPOINT, or unset HF_HUB_OFFLINE"
+        )
+    if isinstance(err, EntryNotFoundError):
+        return HubError(f"{repo_id}@{revision or 'main'}: {err}")
+    if isinstance(err, HfHubHTTPError):
+        return HubError(f"{where} refused a request for {repo_id}: {err}")
+    if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith(("httpx", "httpcore")):
+        return HubError(f"cannot reach {where} for {repo_id} ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
+    return HubError(f"fetching {repo_id} from {where} failed: {err}")
+
+
+def repo_files(repo_id: str, revision: str | None, options: HubOptions) -> tuple[str, list[str]]:
+    """(commit sha, file names) of a model repo at a revision: one request, nothing downloaded."""
+    try:
+        info = options.api().model_info(repo_id, revision=revision, files_metadata=False)
+    except Exception as err:  # noqa: BLE001 - every client error is explained to the user
+        raise _explain(err, repo_id, revision, options) from err
+    return info.sha, [s.rfilename for s in (info.siblings or [])]
+
+
+def fetch_snapshot(
+    repo_id: str, sha: str, allow_patterns: Sequence[str], options: HubOptions
+) -> Path:
+    """Download (or reuse from the cache) only ``allow_patterns`` of ``repo_id`` at commit ``sha``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=sha,
+            allow_patterns=list(allow_patterns),
+            cache_dir=options.cache_dir,
+            token=options.token,
+            endpoint=options.endpoint,
+        )
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, repo_id, sha, options) from err
+    logger.debug("fetched %s@%s to %s", repo_id, sha, path)
+    return Path(path)

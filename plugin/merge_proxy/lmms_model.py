@@ -1,0 +1,253 @@
+"""``lmms-eval --model merge_proxy``: a merged proxy that evaluates like the stock backend wrapper.
+
+The model builds lmms-eval's own wrapper for the base (qwen2_vl, qwen2_5_vl, internvl_hf, ...), merges
+the experts into the wrapper's loaded module in place with the merge engine, and delegates every
+request to it; nothing is written to disk. One instance serves many ``simple_evaluate`` calls and can
+be re-merged to other weights (``remerge``) for sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from merge_proxy.engine import MergeMethod, build_plan
+from merge_proxy.errors import ConfigError
+from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve, resolve_experts
+from merge_proxy.inplace import InPlaceMerger
+from merge_proxy.mixture import Mixture
+from merge_proxy.naming import ParameterNames
+
+logger = logging.getLogger(__name__)
+
+#: Default backend per base architecture (config.architectures[0]).
+DEFAULT_BACKENDS: dict[str, str] = {
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "InternVLForConditionalGeneration": "internvl_hf",
+    "InternVLChatModel": "internvl3_5",
+    "LlavaForConditionalGeneration": "llava_hf",
+    "LlavaOnevisionForConditionalGeneration": "llava_hf",
+}
+#: Our own model_args; every other key goes to the backend wrapper unchanged.
+OWN_ARGS: tuple[str, ...] = (
+    "pretrained", "experts", "weights", "method", "scale", "backend", "allow_pickle", "keep_base_on",
+    "base_check",
+)
+_UNSUPPORTED_BACKENDS = {"vllm", "vllm_generate", "sglang", "openai", "async_openai", "litellm"}
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _split_list(text: str) -> list[str]:
+    """``a;b`` or ``a|b`` (lmms-eval splits model_args on commas, so lists use ``;``)."""
+    sep = ";" if ";" in text else "|"
+    return [item.strip() for item in str(text).split(sep) if item.strip()]
+
+
+def parse_model_args(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split lmms-eval's keyword arguments into ours and the backend's; check ours."""
+    ours = {k: v for k, v in kwargs.items() if k in OWN_ARGS}
+    backend = {k: v for k, v in kwargs.items() if k not in OWN_ARGS}
+    usage = (
+        "merge_proxy model_args: pretrained=BASE,experts=NAME=SRC;NAME=SRC,weights=NAME=W;NAME=W"
+        "[,method=linear|task_arithmetic][,scale=S][,backend=qwen2_vl|qwen2_5_vl|internvl_hf|...]"
+        f"; our keys: {', '.join(OWN_ARGS)}; any other key goes to the backend wrapper"
+    )
+    for key in ("pretrained", "experts", "weights"):
+        if not ours.get(key):
+            raise ConfigError(f"missing {key}=; {usage}")
+    return ours, backend
+
+
+class MergeProxy(lmms):
+    """Simple-mode merged proxy (for simple backends such as qwen2_vl)."""
+
+    is_simple = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        try:
+            self._setup(**kwargs)
+        except Exception as err:
+            # lmms-eval's CLI prints "Error during evaluation: <err>" and exits 0; log it as ours too.
+            logger.error("merge_proxy: %s", err)
+            raise
+
+    # ------------------------------------------------------------------ construction
+
+    def _setup(self, **kwargs: Any) -> None:
+        ours, backend_kwargs = parse_model_args(kwargs)
+        self.method = MergeMethod(str(ours.get("method", "linear")), float(ours.get("scale") or 1.0))
+        allow_pickle = _truthy(ours.get("allow_pickle", False))
+        self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
+        self.backend_name = ours.get("backend") or self._default_backend(self.base)
+        if self.backend_name in _UNSUPPORTED_BACKENDS:
+            raise ConfigError(
+                f"backend {self.backend_name!r} keeps the model outside this process; merge_proxy needs an "
+                f"in-process transformers backend ({', '.join(sorted(set(DEFAULT_BACKENDS.values())))}), "
+                "or export the merge with `merge-proxy merge` and evaluate that"
+            )
+        self.backend = self._build_backend(self.backend_name, backend_kwargs)
+        self.backend.task_dict = self.task_dict
+        module = self._module()
+        plan = build_plan(
+            self.base, self.experts, names=ParameterNames.from_model(module),
+            check_declared_base=_truthy(ours.get("base_check", True)),
+        )
+        self.merger = InPlaceMerger(module, plan, keep_base_on=ours.get("keep_base_on"))
+        self.remerge(ours["weights"])
+
+    @staticmethod
+    def _resolve(pretrained: str, experts: str, allow_pickle: bool) -> tuple[ResolvedModel, list[ResolvedModel]]:
+        """Resolve sources once per machine: the local main process downloads, the others reuse its cache."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        with state.local_main_process_first():
+            base = resolve(ExpertSpec.parse(str(pretrained)), allow_pickle=allow_pickle, for_base=True)
+            resolved = resolve_experts([ExpertSpec.parse(s) for s in _split_list(experts)], allow_pickle=allow_pickle)
+        return base, resolved
+
+    @staticmethod
+    def _default_backend(base: ResolvedModel) -> str:
+        import json
+
+        cfg = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+        arch = (cfg.get("architectures") or [None])[0]
+        if arch not in DEFAULT_BACKENDS:
+            raise ConfigError(
+                f"no default lmms-eval backend for architecture {arch!r}; pass backend=NAME "
+                f"(one of lmms-eval's transformers wrappers, e.g. {', '.join(sorted(set(DEFAULT_BACKENDS.values())))})"
+            )
+        return DEFAULT_BACKENDS[arch]
+
+    def _build_backend(self, name: str, kwargs: dict[str, Any]) -> lmms:
+        from lmms_eval import models
+
+        try:
+            manifest = models.get_model_manifest(name)
+        except ValueError:
+            raise ConfigError(f"backend {name!r} is not an lmms-eval model; see `lmms-eval --help` for names") from None
+        want_simple = type(self).is_simple
+        if want_simple and manifest.simple_class_path is None:
+            raise ConfigError(f"backend {name!r} has no simple implementation; drop --force_simple")
+        force_simple = want_simple or manifest.chat_class_path is None
+        cls = models.get_model(name, force_simple=force_simple)
+        # A chat-mode proxy over a simple-only backend (qwen2_vl) must be fed simple requests.
+        self.is_simple = bool(getattr(cls, "is_simple", True))
+        try:
+            return cls(pretrained=str(self.base.path), **kwargs)
+        except (TypeError, AssertionError) as err:
+            raise ConfigError(
+                f"backend {name!r} refused its arguments ({err}); merge_proxy passes it every model_arg "
+                f"except {', '.join(OWN_ARGS)}"
+            ) from err
+
+    def _module(self):
+        module = getattr(self.backend, "model", None) or getattr(self.backend, "_model", None)
+        if hasattr(module, "module") and not hasattr(module, "config"):
+            module = module.module  # DDP wrapper
+        if module is None or not hasattr(module, "named_parameters"):
+            raise ConfigError(f"backend {self.backend_name!r} exposes no transformers model to merge into")
+        return module
+
+    # ------------------------------------------------------------------ merging
+
+    def remerge(self, weights: Mixture | Mapping[str, float] | str) -> Mixture:
+        """Merge to new weights in place (from the untouched base, no reload)."""
+        if isinstance(weights, str):
+            weights = weights.replace(",", ";") if "=" in weights else weights
+        return self.merger.merge(weights, self.method)
+
+    @property
+    def mixture(self) -> Mixture:
+        assert self.merger.mixture is not None
+        return self.merger.mixture
+
+    def identity(self) -> str:
+        """What makes two instances answer alike: pinned sources, weights, method, backend."""
+        experts = ";".join(f"{e.name}={e.pinned_source}" for e in self.experts)
+        return (
+            f"merge_proxy(base={self.base.pinned_source},experts={experts},weights={self.mixture.key()},"
+            f"method={self.method.name},scale={self.method.scale:g},backend={self.backend_name})"
+        )
+
+    # lmms-eval's response cache fingerprints a model instance by str(); the default repr holds a
+    # memory address (never a cache hit) and says nothing of the weights (wrong hits). Pin both.
+    __repr__ = identity
+    __str__ = identity
+
+    # ------------------------------------------------------------------ delegation
+
+    @staticmethod
+    def _isolate(requests: list[Instance]) -> list[Instance]:
+        """Copies whose gen_kwargs the backend may edit (qwen2_vl pops ``until``) without touching ours."""
+        isolated = []
+        for req in requests:
+            clone = copy.copy(req)
+            args = req.arguments
+            if isinstance(args, tuple):
+                clone.arguments = tuple(copy.deepcopy(a) if isinstance(a, dict) else a for a in args)
+            elif isinstance(args, dict):
+                clone.arguments = copy.deepcopy(args)
+            isolated.append(clone)
+        return isolated
+
+    def generate_until(self, requests: list[Instance]):
+        return self.backend.generate_until(self._isolate(requests))
+
+    def loglikelihood(self, requests: list[Instance]):
+        return self.backend.loglikelihood(self._isolate(requests))
+
+    def generate_until_multi_round(self, requests: list[Instance]):
+        return self.backend.generate_until_multi_round(self._isolate(requests))
+
+    def clean(self) -> None:
+        """Keep the merged model: lmms-eval's clean() deletes every module attribute after a run."""
+        import gc
+
+        gc.collect()
+
+    @property
+    def task_dict(self) -> dict:
+        return self.__dict__.setdefault("_task_dict", {})
+
+    @task_dict.setter
+    def task_dict(self, value: dict) -> None:
+        # The evaluator fills lm.task_dict; the backend reads its own: keep them one dict.
+        self.__dict__["_task_dict"] = value
+        if "backend" in self.__dict__:
+            self.backend.task_dict = value
+
+    def set_cache_hook(self, cache_hook) -> None:
+        super().set_cache_hook(cache_hook)
+        self.backend.set_cache_hook(cache_hook)
+
+    @property
+    def rank(self) -> int:
+        return self.backend.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.backend.world_size
+
+    def __getattr__(self, name: str):
+        # Attributes tasks or the evaluator read from the backend (tokenizer, device, batch_size...).
+        if name in ("backend", "merger", "__setstate__"):
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+
+class MergeProxyChat(MergeProxy):
+    """Chat-mode merged proxy: lmms-eval prefers the chat slot; simple-only backends still work."""
+
+    is_simple = False

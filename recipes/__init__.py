@@ -1,0 +1,1 @@
+"""Recipes shipped with merge-proxy: read them through merge_proxy.resources."""

@@ -1,0 +1,306 @@
+"""The merge engine against independent references: PEFT's own merge and a manual state-dict sum."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merge_proxy.engine import MergeMethod, build_plan
+from merge_proxy.errors import MergeProxyError
+from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
+from merge_proxy.export import export_full, export_lora
+from merge_proxy.inplace import InPlaceMerger
+from merge_proxy.testing.experts import load_base, make_full_expert, make_lora_expert
+
+SCRIPTS = Path(sys.executable).parent
+LORA_WEIGHTS = {"a": 0.2, "b": 0.3, "c": 0.5}
+
+
+def plan_for(base: Path, experts: dict[str, Path]):
+    base_model = resolve(ExpertSpec(str(base)), for_base=True)
+    resolved = resolve_experts([ExpertSpec(str(p), name=n) for n, p in experts.items()])
+    return build_plan(base_model, resolved)
+
+
+def peft_reference(base: Path, experts: dict[str, Path], weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """PEFT's exact combination: add_weighted_adapter(cat) + merge_and_unload."""
+    from peft import PeftModel
+
+    names = list(experts)
+    model = PeftModel.from_pretrained(load_base(base), experts[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(experts[name], adapter_name=name)
+    model.add_weighted_adapter(names, [weights[n] for n in names], "mix", combination_type="cat")
+    model.set_adapter("mix")
+    return {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-6, name: str = "") -> None:
+    err = (actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)
+    assert err <= rel, f"{name}: relative error {err:.3g} > {rel}"
+
+
+def test_export_equals_peft_cat_merge(tmp_path, tiny_vlm, lora_experts):
+    plan = plan_for(tiny_vlm.path, lora_experts)
+    method = MergeMethod()
+    export_full(plan, plan.mixture(LORA_WEIGHTS, method), method, tmp_path / "merged")
+    ours = load_base(tmp_path / "merged").state_dict()
+    reference = peft_reference(tiny_vlm.path, lora_experts, LORA_WEIGHTS)
+    base = load_base(tiny_vlm.path).state_dict()
+    assert ours.keys() == reference.keys()
+    changed = 0
+    for key in reference:
+        assert_close_rel(ours[key], reference[key], name=key)
+        if not torch.equal(reference[key], base[key]):
+            changed += 1
+        else:  # untouched: bit-identical to the base
+            assert torch.equal(ours[key], base[key]), key
+    assert changed == 14  # 7 linear layers x 2 blocks
+
+
+def test_in_place_merge_and_remerge(tiny_vlm, lora_experts):
+    model = load_base(tiny_vlm.path)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_for(tiny_vlm.path, lora_experts)
+    merger = InPlaceMerger(model, plan)
+    merger.merge(LORA_WEIGHTS)
+    reference = peft_reference(tiny_vlm.path, lora_experts, LORA_WEIGHTS)
+    for key, value in model.state_dict().items():
+        assert_close_rel(value, reference[key], name=key)
+
+    other = {"a": 0.6, "b": 0.1, "c": 0.3}
+    merger.remerge(other)
+    remerged = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh_model = load_base(tiny_vlm.path)
+    InPlaceMerger(fresh_model, plan).merge(other)
+    for key, value in fresh_model.state_dict().items():
+        assert torch.equal(remerged[key], value), key  # re-merge is bit-identical to a fresh merge
+    merger.restore_base()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, base_state[key]), key
+
+
+def test_bf16_remerges_do_not_drift(tiny_vlm, lora_experts):
+    model = load_base(tiny_vlm.path, dtype=torch.bfloat16)
+    merger = InPlaceMerger(model, plan_for(tiny_vlm.path, lora_experts))
+    merger.merge(LORA_WEIGHTS)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(40):
+        merger.remerge({"a": 1.0, "b": 0.0, "c": 0.0} if i % 2 else {"a": 0.0, "b": 0.5, "c": 0.5})
+    merger.remerge(LORA_WEIGHTS)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, first[key]), key
+
+
+def test_lora_format_gives_the_same_logits(tmp_path, tiny_vlm, lora_experts):
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    plan = plan_for(tiny_vlm.path, lora_experts)
+    method = MergeMethod()
+    mixture = plan.mixture(LORA_WEIGHTS, method)
+    export_full(plan, mixture, method, tmp_path / "full")
+    result = export_lora(plan, mixture, method, tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["r"] == 8 + 4 + 8 and config["lora_alpha"] == config["r"]
+    assert result.tensors_merged == 14
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm.path)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), "blue")], return_tensors="pt")
+    with torch.no_grad():
+        full_logits = load_base(tmp_path / "full")(**inputs).logits
+        adapter = PeftModel.from_pretrained(load_base(tiny_vlm.path), tmp_path / "lora").eval()
+        lora_logits = adapter(**inputs).logits
+        base_logits = load_base(tiny_vlm.path)(**inputs).logits
+    assert not torch.allclose(base_logits, full_logits, atol=1e-4)  # the merge changes the model
+    torch.testing.assert_close(lora_logits, full_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_full_experts_streamed_equal_manual_state_dict_sum(tmp_path, tiny_vlm, full_experts):
+    weights = {"f1": 0.25, "f2": 0.75}
+    plan = plan_for(tiny_vlm.path, full_experts)
+    method = MergeMethod()
+    export_full(plan, plan.mixture(weights, method), method, tmp_path / "merged", max_shard_bytes=150_000)
+    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # really sharded
+
+    base = load_base(tiny_vlm.path).state_dict()
+    experts = {n: load_base(p).state_dict() for n, p in full_experts.items()}
+    ours = load_base(tmp_path / "merged").state_dict()
+    for key, theta0 in base.items():
+        expected = theta0.double() + sum(w * (experts[n][key].double() - theta0.double()) for n, w in weights.items())
+        assert_close_rel(ours[key], expected.float(), name=key)
+
+
+def test_mixed_lora_and_full_task_arithmetic(tmp_path, tiny_vlm, lora_experts, full_experts):
+    experts = {"a": lora_experts["a"], "f1": full_experts["f1"]}
+    weights = {"a": 0.7, "f1": 0.6}
+    method = MergeMethod("task_arithmetic", scale=0.5)
+    plan = plan_for(tiny_vlm.path, experts)
+    export_full(plan, plan.mixture(weights, method), method, tmp_path / "merged")
+    base = load_base(tiny_vlm.path).state_dict()
+    full = load_base(full_experts["f1"]).state_dict()
+    lora = load_file(lora_experts["a"] / "adapter_model.safetensors")
+    ours = load_base(tmp_path / "merged").state_dict()
+    for key, theta0 in base.items():
+        expected = theta0.double() + 0.5 * 0.6 * (full[key].double() - theta0.double())
+        module = key[: -len(".weight")]
+        a_key = f"base_model.model.{module}.lora_A.weight"
+        if a_key in lora:
+            b = lora[a_key.replace("lora_A", "lora_B")].double()
+            expected += 0.5 * 0.7 * (16 / 8) * (b @ lora[a_key].double())
+        assert_close_rel(ours[key], expected.float(), name=key)
+    record = json.loads((tmp_path / "merged" / "merge_proxy.json").read_text())
+    assert record["method"] == "task_arithmetic" and record["scale"] == 0.5
+    assert record["weights"] == weights
+
+
+def test_export_dtype_and_card(tmp_path, tiny_vlm, lora_experts):
+    from huggingface_hub import ModelCard
+
+    plan = plan_for(tiny_vlm.path, lora_experts)
+    method = MergeMethod()
+    export_full(plan, plan.mixture(LORA_WEIGHTS, method), method, tmp_path / "bf16", dtype="bfloat16")
+    tensors = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    card = ModelCard.load(tmp_path / "bf16" / "README.md")
+    assert card.data.base_model_relation == "merge"
+    assert card.data.library_name == "transformers"
+    assert "merge-proxy" in card.data.tags
+    for name, weight in LORA_WEIGHTS.items():
+        assert f"| `{name}` | {weight:.6g} | lora |" in card.text
+    # The base's tokenizer and processor travel with the merge, so lmms-eval can load it.
+    for fname in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        assert (tmp_path / "bf16" / fname).read_bytes() == (tiny_vlm.path / fname).read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# errors: each names the cause and the fix, and nothing is written
+
+
+def merge_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPTS / "merge-proxy"), "merge", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("a=0.5", "no weight for expert(s) 'b'"),
+        ("a=0.5,b=0.3,z=0.2", "unknown expert(s) 'z'"),
+        ("a=0.5,b=0.6", "must sum to 1, these sum to 1.1"),
+        ("a=inf,b=0", "must be finite"),
+        ("a=x,b=1", "'x', not a number"),
+        ("0.5", "1 weights for 2 experts"),
+    ],
+)
+def test_cli_weight_errors(tmp_path, tiny_vlm, lora_experts, weights, message):
+    out = tmp_path / "out"
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"a={lora_experts['a']}",
+                     "--expert", f"b={lora_experts['b']}", "--weights", weights, "--out", str(out))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 or "error:" in proc.stderr.splitlines()[-1]
+    assert not out.exists()
+
+
+def test_refuses_dora_and_modules_to_save(tmp_path, tiny_vlm):
+    dora = make_lora_expert(tiny_vlm.path, tmp_path / "dora", seed=4, use_dora=True)
+    with pytest.raises(MergeProxyError, match=r"expert 'dora'.*DoRA.*retrain it as plain LoRA"):
+        plan_for(tiny_vlm.path, {"dora": dora})
+    saved = make_lora_expert(tiny_vlm.path, tmp_path / "saved", seed=5, modules_to_save=["lm_head"])
+    with pytest.raises(MergeProxyError, match=r"expert 'saved'.*modules_to_save"):
+        plan_for(tiny_vlm.path, {"saved": saved})
+
+
+def test_refuses_adapter_tensor_matching_no_base_parameter(tmp_path, tiny_vlm, lora_experts):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_bytes((lora_experts["a"] / "adapter_config.json").read_bytes())
+    tensors = load_file(lora_experts["a"] / "adapter_model.safetensors")
+    renamed = {k.replace("layers.1.mlp.up_proj", "layers.7.mlp.up_proj"): v for k, v in tensors.items()}
+    save_file(renamed, bad / "adapter_model.safetensors")
+    with pytest.raises(MergeProxyError, match=r"expert 'bad'.*'model.language_model.layers.7.mlp.up_proj'.*no parameter"):
+        plan_for(tiny_vlm.path, {"bad": bad})
+
+
+def test_refuses_expert_of_another_base(tmp_path, tiny_vlm):
+    from merge_proxy.testing.tiny_vlm import TinyVLMSpec, build_tiny_vlm
+
+    other = build_tiny_vlm(tmp_path / "other-base", spec=TinyVLMSpec(hidden_size=32, intermediate_size=64))
+    expert = make_lora_expert(other.path, tmp_path / "foreign", seed=6)
+    with pytest.raises(MergeProxyError, match=r"expert 'foreign' declares base model"):
+        plan_for(tiny_vlm.path, {"foreign": expert})
+    # Even with the declared-base check off, shapes tell.
+    base_model = resolve(ExpertSpec(str(tiny_vlm.path)), for_base=True)
+    foreign = resolve_experts([ExpertSpec(str(expert), name="foreign")])
+    with pytest.raises(MergeProxyError, match=r"expert 'foreign'.*delta but base parameter.*different base"):
+        build_plan(base_model, foreign, check_declared_base=False)
+    full = make_full_expert(other.path, tmp_path / "foreign-full", seed=7)
+    with pytest.raises(MergeProxyError, match=r"expert 'ff': tensor for .* but the base has"):
+        plan_for(tiny_vlm.path, {"ff": full})
+
+
+def test_refuses_pickle_unless_allowed(tmp_path, tiny_vlm, lora_experts):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_bytes((lora_experts["a"] / "adapter_config.json").read_bytes())
+    torch.save(load_file(lora_experts["a"] / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    with pytest.raises(MergeProxyError, match=r"only pickle weights \(adapter_model.bin\).*--allow-pickle"):
+        resolve_experts([f"p={pickled}"])
+    [expert] = resolve_experts([f"p={pickled}"], allow_pickle=True)
+    base_model = resolve(ExpertSpec(str(tiny_vlm.path)), for_base=True)
+    assert len(build_plan(base_model, [expert]).touched) == 14
+
+
+def test_existing_output_is_never_touched(tmp_path, tiny_vlm, lora_experts):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"a={lora_experts['a']}", "--weights", "a=1",
+                     "--out", str(out))
+    assert proc.returncode == 2
+    assert "already exists and is not empty" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_failure_mid_export_leaves_no_directory(tmp_path, tiny_vlm, full_experts):
+    """A non-finite expert tensor is found mid-way: the partial output is removed."""
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in full_experts["f1"].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(broken / "model.safetensors")
+    key = sorted(k for k in tensors if "layers.1.mlp.down_proj" in k)[0]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"x={broken}", "--weights", "x=1", "--out", str(out))
+    assert proc.returncode == 2
+    assert "non-finite" in proc.stderr and "layers.1.mlp.down_proj" in proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_cli_writes_a_model_transformers_loads(tmp_path, tiny_vlm, lora_experts):
+    out = tmp_path / "merged"
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"a={lora_experts['a']}",
+                     "--expert", f"b={lora_experts['b']}", "--weights", "0.4,0.6", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout and "a=0.4,b=0.6" in proc.stdout
+    model = load_base(out)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"

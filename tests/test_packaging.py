@@ -1,0 +1,98 @@
+"""The package installs as users get it: console script, version, and shipped recipes and cards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+import merge_proxy
+from merge_proxy import resources
+from merge_proxy.errors import ResourceError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(sys.executable).parent
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_console_script_version_and_help():
+    version = run([str(SCRIPTS / "merge-proxy"), "--version"])
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"merge-proxy {merge_proxy.__version__}"
+    helptext = run([str(SCRIPTS / "merge-proxy"), "--help"])
+    assert helptext.returncode == 0
+    assert "demo" in helptext.stdout
+
+
+def test_no_subcommand_prints_help_and_fails():
+    proc = run([str(SCRIPTS / "merge-proxy")])
+    assert proc.returncode == 2
+    assert "usage: merge-proxy" in proc.stdout
+
+
+def test_top_level_import_stays_light():
+    """The CLI and lmms-eval's entry point import merge_proxy; it must not drag torch in."""
+    code = "import sys, merge_proxy, merge_proxy.cli, merge_proxy.resources; merge_proxy.cli.build_parser(); " \
+           "print(sorted(m for m in ('torch','transformers','lmms_eval','llamafactory','vllm') if m in sys.modules))"
+    proc = run([sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_shipped_resources_in_checkout():
+    assert "demo" in resources.list_recipes()
+    assert "expert" in resources.list_card_templates()
+    assert resources.recipe_path("demo").read_text(encoding="utf-8").strip()
+    with pytest.raises(ResourceError, match="no shipped recipe named 'nope'.*demo"):
+        resources.recipe_path("nope")
+
+
+def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
+    """A wheel install (not the editable checkout) carries recipes/ and hub_cards/ as package data."""
+    wheel_dir = tmp_path / "wheels"
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheel_dir), str(REPO_ROOT)]
+    )
+    assert built.returncode == 0, built.stderr
+    wheels = list(wheel_dir.glob("merge_proxy-*.whl"))
+    assert len(wheels) == 1
+
+    env_dir = tmp_path / "fresh-venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    target = tmp_path / "site"
+    installed = run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+         "--target", str(target), str(wheels[0])]
+    )
+    assert installed.returncode == 0, installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import merge_proxy, merge_proxy.resources as r; "
+        "print(merge_proxy.__file__); print(r.list_recipes()); print(r.list_card_templates()); "
+        "print(len(r.recipe_path('demo').read_text()) > 0, len(r.card_template('expert')) > 0); "
+        "import merge_proxy.cli, pkgutil; merge_proxy.cli.build_parser(); "
+        "print(sorted(m.name for m in pkgutil.walk_packages(merge_proxy.__path__, 'merge_proxy.') if m.ispkg))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    proc = run([str(env_dir / "bin" / "python"), "-c", code], cwd=elsewhere, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(str(target)), lines[0]
+    assert "demo" in lines[1]
+    assert "expert" in lines[2]
+    assert lines[3] == "True True"
+    source_packages = sorted(
+        "merge_proxy." + str(p.parent.relative_to(REPO_ROOT / "plugin" / "merge_proxy")).replace("/", ".")
+        for p in (REPO_ROOT / "plugin" / "merge_proxy").rglob("__init__.py") if p.parent.name != "merge_proxy"
+    )
+    assert lines[4] == str(sorted([*source_packages, "merge_proxy.hub_cards", "merge_proxy.recipes"]))
