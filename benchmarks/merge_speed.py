@@ -45,6 +45,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parent never imports torch: only the measured children pay for it
+    import torch
+    from merge_proxy.testing.tiny_vlm import TinyVLMSpec
 
 N_EXPERTS = 4
 LORA_R, LORA_ALPHA = 16, 32
@@ -54,10 +59,11 @@ REMERGE_WEIGHTS: dict[str, float] = {"e1": 0.1, "e2": 0.2, "e3": 0.3, "e4": 0.4}
 #: The model family: Qwen2-VL-like proportions (GQA, SwiGLU at 4x) with a 64-wide head; the size is
 #: set by the number of layers because the tiny BPE tokenizer keeps the vocabulary (and so the
 #: embedding matrices) small.
-SHAPE: dict[str, object] = dict(
-    hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_key_value_heads=4,
-    mrope_section=(8, 12, 12), vision_depth=2, vision_embed_dim=256, vision_num_heads=4, bpe_vocab_size=512,
-)
+SHAPE: dict[str, object] = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_key_value_heads": 4,
+    "mrope_section": (8, 12, 12), "vision_depth": 2, "vision_embed_dim": 256, "vision_num_heads": 4,
+    "bpe_vocab_size": 512,
+}
 MERGEKIT_REQUIREMENT = "mergekit"
 CHILD_TIMEOUT_S = 1800
 SAMPLE_INTERVAL_S = 0.02
@@ -154,30 +160,28 @@ def _import_stack() -> None:
     import peft  # noqa: F401
     import safetensors.torch  # noqa: F401
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers
     import transformers.models.qwen2_vl.modeling_qwen2_vl  # noqa: F401
+    from merge_proxy import engine, experts, export, inplace, naming  # noqa: F401
     from transformers import AutoModelForImageTextToText  # noqa: F401
 
-    from merge_proxy import engine, experts, export, inplace, naming  # noqa: F401
 
-
-def _spec_for(target_params: int):
+def _spec_for(target_params: int) -> TinyVLMSpec:
     """The TinyVLMSpec of SHAPE with the fewest layers giving at least ``target_params``.
 
     Parameters are counted on the meta device (no memory) for 1 and 2 layers: per-layer and fixed
     parts follow, and the layer count is solved for.
     """
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
-
     from merge_proxy.testing import tiny_vlm
+    from transformers import Qwen2VLForConditionalGeneration
 
     tokenizer = tiny_vlm.build_tokenizer(int(SHAPE["bpe_vocab_size"]))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tiny_vlm.SPECIAL_TOKENS}
 
     def count(layers: int) -> int:
         spec = tiny_vlm.TinyVLMSpec(num_hidden_layers=layers, **SHAPE)
-        with torch.device("meta"):
+        with torch.device("meta"):  # _config: the very config build_tiny_vlm writes for this spec
             model = Qwen2VLForConditionalGeneration(tiny_vlm._config(spec, len(tokenizer), ids))
         return sum(p.numel() for p in model.parameters())
 
@@ -214,7 +218,6 @@ def _to_bf16_checkpoint(model_dir: Path) -> None:
 def child_build(layout: Layout, args: argparse.Namespace) -> dict:
     """Write the base (bf16), 4 LoRA experts and 4 full bf16 experts; not a measured path."""
     import torch
-
     from merge_proxy.testing.experts import make_full_expert, make_lora_expert
     from merge_proxy.testing.tiny_vlm import build_tiny_vlm
 
@@ -245,7 +248,7 @@ def child_build(layout: Layout, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------- children: measured paths
 
 
-def _load_model(path: Path, dtype):
+def _load_model(path: Path, dtype: torch.dtype | str) -> torch.nn.Module:
     """How every path (ours, the reference, the eval load) loads a checkpoint with transformers."""
     from transformers import AutoModelForImageTextToText
 
@@ -334,7 +337,7 @@ def child_load_ours_lora(layout: Layout, args: argparse.Namespace) -> dict:
     return {"wall_s": wall, "stages": {"eval_load": wall}}
 
 
-def _reference_average(base_model, experts: list, weights: Sequence[float]) -> None:
+def _reference_average(base_model: torch.nn.Module, experts: list[torch.nn.Module], weights: Sequence[float]) -> None:
     """theta_0 + sum_i w_i (theta_i - theta_0), in float32, written into ``base_model`` in place."""
     import torch
 
@@ -396,7 +399,6 @@ def child_ref_lora(layout: Layout, args: argparse.Namespace) -> dict:
 def child_inplace(layout: Layout, args: argparse.Namespace) -> dict:
     """The in-memory proxy: load bf16 + plan (names from the loaded model) + InPlaceMerger + merge."""
     import torch
-
     from merge_proxy.engine import MergeMethod, build_plan
     from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
     from merge_proxy.inplace import InPlaceMerger
@@ -425,7 +427,7 @@ def child_inplace(layout: Layout, args: argparse.Namespace) -> dict:
     }
 
 
-def _bf16_ulps(ours, reference) -> float:
+def _bf16_ulps(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| in bf16 spacings (ulps) at |reference|; 0.5 ulp = one bf16 rounding.
 
     Magnitudes are floored at the tensor's RMS: near-zero elements have tiny spacings that would
@@ -442,9 +444,8 @@ def _bf16_ulps(ours, reference) -> float:
 def _compare_checkpoints(ours_dir: Path, ref_dir: Path) -> dict:
     """Every tensor of our output against another pipeline's: do both compute the same merge?"""
     import torch
-    from safetensors import safe_open
-
     from merge_proxy.naming import read_safetensors_index
+    from safetensors import safe_open
 
     ours, ref = read_safetensors_index(ours_dir), read_safetensors_index(ref_dir)
     worst_ulps, worst_abs, worst_key = 0.0, 0.0, ""
@@ -715,6 +716,7 @@ class MergekitSetup:
 
     venv: Path | None
     install_s: float | None = None
+    reused: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None
 
@@ -730,7 +732,8 @@ def setup_mergekit(args: argparse.Namespace, layout: Layout) -> MergekitSetup:
     venv = Path(args.mergekit_venv) if args.mergekit_venv else layout.root / "mergekit-venv"
     exe = venv / "bin" / "mergekit-yaml"
     started = time.perf_counter()
-    if not exe.is_file():
+    reused = exe.is_file()
+    if not reused:
         print(f"installing {MERGEKIT_REQUIREMENT} into {venv} (time box {args.mergekit_timeout} s) ...", flush=True)
         try:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True,
@@ -739,7 +742,8 @@ def setup_mergekit(args: argparse.Namespace, layout: Layout) -> MergekitSetup:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("w") as fh:
                 proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", MERGEKIT_REQUIREMENT],
-                                      stdout=fh, stderr=subprocess.STDOUT, timeout=args.mergekit_timeout)
+                                      stdout=fh, stderr=subprocess.STDOUT, timeout=args.mergekit_timeout,
+                                      check=False)
         except subprocess.TimeoutExpired:
             return MergekitSetup(None, skipped=f"pip install {MERGEKIT_REQUIREMENT} did not finish within "
                                  f"{args.mergekit_timeout} s")
@@ -751,11 +755,11 @@ def setup_mergekit(args: argparse.Namespace, layout: Layout) -> MergekitSetup:
     probe = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
          "import importlib.metadata as m; print(m.version('mergekit'), m.version('torch'), m.version('transformers'))"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     names = ("mergekit", "torch", "transformers")
     versions = dict(zip(names, probe.stdout.split())) if probe.returncode == 0 else {}
-    return MergekitSetup(venv, install_s=time.perf_counter() - started, versions=versions)
+    return MergekitSetup(venv, install_s=time.perf_counter() - started, reused=reused, versions=versions)
 
 
 def _mergekit_config(experts: Sequence[tuple[str, Path]], path: Path) -> Path:
@@ -915,13 +919,16 @@ def evaluate_targets(r: dict[str, Measurement], meta: dict) -> list[Target]:
     baseline = r.get("baseline")
     if ours_full and ours_full.ok and base_bytes and baseline and baseline.ok:
         above = ours_full.peak_rss - baseline.peak_rss
+        anon = ours_full.peak_anon - baseline.peak_anon
+        mapped = ours_full.peak_file - baseline.peak_file
         ratio = above / base_bytes
         targets.append(Target(
             "3. full-expert export: peak RSS above baseline / base size", ratio, "< 1.5x", ratio < 1.5,
             f"ru_maxrss {fmt_gib(ours_full.peak_rss)} - baseline {fmt_gib(baseline.peak_rss)} = {fmt_gib(above)} vs "
-            f"base weights {fmt_gib(base_bytes)} on disk; raw ru_maxrss ratio {ours_full.peak_rss / base_bytes:.2f}x; "
-            f"peak RssAnon {fmt_gib(ours_full.peak_anon)} ({ours_full.peak_anon / base_bytes:.2f}x), peak RssFile (mmap) "
-            f"{fmt_gib(ours_full.peak_file)}" + _shards_note(r.get("ours_full_shards"), baseline, base_bytes),
+            f"base weights {fmt_gib(base_bytes)} on disk (raw ru_maxrss {ours_full.peak_rss / base_bytes:.2f}x); "
+            f"sampled peaks above baseline: RssAnon (allocated) {fmt_gib(anon)} = {anon / base_bytes:.2f}x, "
+            f"RssFile (memory-mapped checkpoints) {fmt_gib(mapped)} = {mapped / base_bytes:.2f}x"
+            + _shards_note(r.get("ours_full_shards"), baseline, base_bytes),
         ))
     ip, bl = r.get("inplace"), r.get("base_load")
     if ip and bl and ip.ok and bl.ok:
@@ -949,8 +956,10 @@ def _shards_note(m: Measurement | None, baseline: Measurement, base_bytes: int) 
     if m is None or not m.ok:
         return ""
     above = m.peak_rss - baseline.peak_rss
+    anon = m.peak_anon - baseline.peak_anon
     return (f"; with {m.extra.get('shards')} shards of <= {fmt_bytes(m.extra.get('max_shard_bytes'))}: "
-            f"{fmt_gib(above)} above baseline ({above / base_bytes:.2f}x), RssAnon {fmt_gib(m.peak_anon)}")
+            f"{fmt_gib(above)} above baseline ({above / base_bytes:.2f}x), RssAnon above baseline "
+            f"{fmt_gib(anon)} ({anon / base_bytes:.2f}x)")
 
 
 def fmt_gib(n: float | None) -> str:
@@ -1153,8 +1162,10 @@ def print_report(report: dict) -> None:
     mk = meta["mergekit"]
     if mk.get("skipped"):
         print(f"mergekit: not measured ({mk['skipped']})")
+    elif mk.get("reused"):
+        print(f"mergekit: own venv {mk['venv']} (reused; installing is not part of any timing)")
     elif mk.get("install_s") is not None:
-        print(f"mergekit: own venv {mk['venv']} (set up in {mk['install_s']:.0f} s, not part of any timing)")
+        print(f"mergekit: own venv {mk['venv']} (installed in {mk['install_s']:.0f} s, not part of any timing)")
     print()
     print("targets:")
     print(format_targets([Target(**t) for t in report["targets"]]))
@@ -1185,9 +1196,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cleanup(layout: Layout, created: bool, json_path: Path) -> None:
-    """Remove everything the run made except the JSON report (and the workdir itself if we made it
-    and nothing else is in it)."""
+def cleanup(layout: Layout, json_path: Path) -> None:
+    """Remove everything the run made (models, outputs, logs, the mergekit venv) but the JSON report.
+
+    The workdir was empty when the run started (checked in main), so all of it is ours to remove.
+    """
     for child in layout.root.iterdir():
         if child == json_path:
             continue
@@ -1195,15 +1208,12 @@ def cleanup(layout: Layout, created: bool, json_path: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-    if created and not any(layout.root.iterdir()):
-        layout.root.rmdir()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure:
         return run_child_main(args)
-    created = not args.workdir
     root = Path(args.workdir or tempfile.mkdtemp(prefix="merge_speed-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if any(p.name != "merge_speed.json" for p in root.iterdir()):
@@ -1217,7 +1227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"numbers: {json_path}")
     finally:
         if not args.keep:
-            cleanup(layout, created=False, json_path=json_path)
+            cleanup(layout, json_path)
             print(f"workdir cleaned (kept only {json_path.name}); pass --keep to keep models and logs")
     return 0
 

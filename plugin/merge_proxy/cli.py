@@ -16,7 +16,13 @@ from merge_proxy import __version__
 from merge_proxy.errors import MergeProxyError
 
 #: Modules that add a subcommand, in the order ``--help`` lists them.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("merge_proxy.commands.merge", "merge_proxy.demo")
+_SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "merge_proxy.commands.train",
+    "merge_proxy.commands.publish",
+    "merge_proxy.commands.experts",
+    "merge_proxy.commands.merge",
+    "merge_proxy.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # one line per HTTP request drowns what the user needs to see
+        for noisy in ("httpx", "httpcore", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except MergeProxyError as err:

@@ -2,7 +2,8 @@
 
 Until the mixture demo lands (sweep, truth runs and report), the demo runs the offline kit the way the
 main job will: a tiny Qwen2-VL, synthetic visual domains, one LoRA expert per domain trained by the
-real ``llamafactory-cli``, each expert published to the Hub emulator and found there by its tags, then
+real LLaMA-Factory through ``merge-proxy train`` (an ``expert:`` block publishes it to the Hub emulator
+with its card and expert.json), each found there by its tags, then
 merged proxies (each expert alone, the uniform mixture) scored on every domain by the real
 ``lmms-eval --model merge_proxy``, which fetches the experts from the emulator by commit sha.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -57,9 +59,9 @@ def _cli(args: argparse.Namespace) -> int:
     width = max(len(m) for m in [*models, "exact match"]) + 2
     lines = [
         "",
-        "merge-proxy demo: the mixture sweep, truth runs and report are not built yet (issues 5-7);",
+        "merge-proxy demo: the mixture sweep, truth runs and report are not built yet (issues 6-7);",
         "this ran the largest path that exists: tiny Qwen2-VL -> synthetic domains -> LoRA experts",
-        "trained by llamafactory-cli -> published to the Hub emulator -> lmms-eval --model merge_proxy",
+        "trained and published by merge-proxy train -> the Hub emulator -> lmms-eval --model merge_proxy",
         "fetching them by commit and scoring merged proxies (each expert alone, and the uniform mix).",
         "",
         "exact match".ljust(width) + "".join(t.ljust(16) for t in tasks),
@@ -87,7 +89,9 @@ def _prepare_out_dir(out: Path) -> None:
     (out / _MARKER).write_text("made by merge-proxy demo; deleted and rewritten by the next run\n")
 
 
-def _train_expert(base: Path, layout, domain: str, out: Path, seed: int, steps: int) -> Path:
+def _train_expert(base: Path, layout, domain: str, out: Path, seed: int, steps: int, repo_id: str,
+                  base_id: str, env: dict[str, str]) -> None:
+    """`merge-proxy train` with an expert: block: LLaMA-Factory trains, the callback publishes."""
     import yaml
 
     from merge_proxy.testing.training import tiny_sft_config
@@ -96,32 +100,18 @@ def _train_expert(base: Path, layout, domain: str, out: Path, seed: int, steps: 
         base, layout.llamafactory_dir, layout.train_datasets[domain], out / "experts" / domain,
         max_steps=steps, seed=seed, learning_rate=5e-3,
     )
+    config["expert"] = {"domain": domain, "repo_id": repo_id, "base_model": base_id, "private": True}
     cfg_path = out / "configs" / f"{domain}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = out / "logs" / f"train-{domain}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cli = Path(sys.executable).with_name("llamafactory-cli")
+    cli = Path(sys.executable).with_name("merge-proxy")
     with log_path.open("w") as log:
-        proc = subprocess.run([str(cli), "train", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run([str(cli), "train", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, **env})
     if proc.returncode != 0:
-        raise RuntimeError(f"llamafactory-cli train failed for {domain}; see {log_path}")
-    return Path(config["output_dir"])
-
-
-def _publish(api, expert_dir: Path, repo_id: str, domain: str, base_id: str) -> str:
-    """Upload an expert with a card whose metadata the Hub turns into searchable tags."""
-    card = (
-        "---\n"
-        f"base_model: {base_id}\nbase_model_relation: adapter\nlibrary_name: peft\n"
-        f"tags:\n- merge-proxy-expert\n- merge-proxy-domain:{domain}\n- llama-factory\n"
-        "---\n\n"
-        f"# {repo_id}\n\nA demo LoRA expert for the synthetic domain `{domain}`.\n"
-    )
-    (expert_dir / "README.md").write_text(card, encoding="utf-8")
-    api.create_repo(repo_id, private=True, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=expert_dir, commit_message=f"expert {domain}")
-    return info.oid
+        raise RuntimeError(f"merge-proxy train failed for {domain}; see {log_path}")
 
 
 def run_demo(out_dir: Path, seed: int = 0, steps: int = 30) -> DemoResult:
@@ -145,15 +135,16 @@ def run_demo(out_dir: Path, seed: int = 0, steps: int = 30) -> DemoResult:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
         user = api.whoami()["name"]
         base_id = f"{user}/tiny-qwen2-vl"
+        env = hub.client_env(hf_home=str(out / "hf-home"))
         pinned: dict[str, str] = {}
         for domain in DEMO_DOMAINS:
-            logger.info("training the %s expert (%d steps)", domain, steps)
-            expert_dir = _train_expert(base, layout, domain, out, seed, steps)
+            logger.info("merge-proxy train: the %s expert (%d steps), published to the Hub emulator", domain, steps)
             repo_id = f"{user}/tiny-qwen2-vl-{domain}-expert"
-            sha = _publish(api, expert_dir, repo_id, domain, base_id)
+            _train_expert(base, layout, domain, out, seed, steps, repo_id, base_id, env)
             found = [m.id for m in api.list_models(filter=["merge-proxy-expert", f"merge-proxy-domain:{domain}"])]
             if found != [repo_id]:
                 raise RuntimeError(f"the Hub emulator found {found} for domain {domain}, expected [{repo_id}]")
+            sha = api.model_info(repo_id).sha
             pinned[domain] = f"{repo_id}@{sha}"
             result.experts[domain] = f"{repo_id}@{sha[:10]}"
 
@@ -163,7 +154,6 @@ def run_demo(out_dir: Path, seed: int = 0, steps: int = 30) -> DemoResult:
         mixtures["uniform"] = {e: round(1 / len(DEMO_DOMAINS), 10) for e in DEMO_DOMAINS}
         tasks = [layout.tasks[d] for d in DEMO_DOMAINS]
         cpu = "device_map=cpu,device=cpu"
-        env = hub.client_env(hf_home=str(out / "hf-home"))
         runs = {"base": ("qwen2_vl", f"pretrained={base},{cpu}")}
         for name, weights in mixtures.items():
             weights_arg = ";".join(f"{e}={w}" for e, w in weights.items())

@@ -142,10 +142,10 @@ def build_plan(
     _check_architecture(base, experts, names)
     plan = MergePlan(base=base, experts=tuple(experts), names=names)
     for expert in experts:
-        declared = expert.declared_base
-        if check_declared_base and declared and not _names_match(declared, base):
+        declared = expert.declared_bases
+        if check_declared_base and declared and not any(_names_match(d, base) for d in declared):
             raise ExpertError(
-                f"expert {expert.name!r} declares base model {declared!r}, but the base is {base.source!r}; "
+                f"expert {expert.name!r} declares base model {declared[0]!r}, but the base is {base.source!r}; "
                 "merge experts of one base only (or pass --no-base-check if they are the same weights)"
             )
         if expert.kind == "lora":

@@ -90,14 +90,16 @@ class ResolvedModel:
         return (self.metadata or {}).get("domain")
 
     @property
-    def declared_base(self) -> str | None:
-        """The base model this expert says it was trained from (expert.json, else the adapter config)."""
-        meta_base = ((self.metadata or {}).get("base_model") or {})
-        if isinstance(meta_base, dict) and meta_base.get("id"):
-            return str(meta_base["id"])
-        if self.adapter_config:
-            return self.adapter_config.get("base_model_name_or_path")
-        return None
+    def declared_bases(self) -> tuple[str, ...]:
+        """Names of the base this expert says it was trained from: expert.json's Hub id and local
+        path, and the adapter config's base_model_name_or_path (empty when it says nothing)."""
+        names: list[str] = []
+        meta_base = (self.metadata or {}).get("base_model") or {}
+        if isinstance(meta_base, dict):
+            names += [str(meta_base[k]) for k in ("id", "path") if meta_base.get(k)]
+        if self.adapter_config and self.adapter_config.get("base_model_name_or_path"):
+            names.append(str(self.adapter_config["base_model_name_or_path"]))
+        return tuple(dict.fromkeys(names))
 
 
 def _read_json(path: Path) -> dict | None:

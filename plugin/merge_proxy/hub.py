@@ -50,7 +50,8 @@ def split_revision(source: str) -> tuple[str, str | None]:
     return source, None
 
 
-def _explain(err: Exception, repo_id: str, revision: str | None, options: HubOptions) -> HubError:
+def explain_error(err: Exception, repo_id: str, revision: str | None, options: HubOptions) -> HubError:
+    """A huggingface_hub exception as one actionable line (never the request headers, so no token)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -89,7 +90,7 @@ def repo_files(repo_id: str, revision: str | None, options: HubOptions) -> tuple
     try:
         info = options.api().model_info(repo_id, revision=revision, files_metadata=False)
     except Exception as err:  # noqa: BLE001 - every client error is explained to the user
-        raise _explain(err, repo_id, revision, options) from err
+        raise explain_error(err, repo_id, revision, options) from err
     return info.sha, [s.rfilename for s in (info.siblings or [])]
 
 
@@ -109,6 +110,6 @@ def fetch_snapshot(
             endpoint=options.endpoint,
         )
     except Exception as err:  # noqa: BLE001
-        raise _explain(err, repo_id, sha, options) from err
+        raise explain_error(err, repo_id, sha, options) from err
     logger.debug("fetched %s@%s to %s", repo_id, sha, path)
     return Path(path)

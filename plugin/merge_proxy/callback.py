@@ -1,0 +1,104 @@
+"""A transformers TrainerCallback that publishes the trained expert with its provenance.
+
+LLaMA-Factory fires ``on_train_end`` *before* it saves the final model and its README, and no callback
+event follows the save. So the callback records what only the trainer knows (steps, loss, runtime,
+world size) at ``on_train_end`` and publishes from ``finish()``, called once ``run_exp`` has returned
+and the output directory is complete::
+
+    publisher = ExpertPublisher(PublishSpec(domain="ocr", repo_id="me/ocr-expert"), args)
+    run_exp(args=args, callbacks=[publisher])
+    publisher.finish()
+
+``merge-proxy train`` does exactly this on every rank; only the main process writes and publishes. A
+caller that forgets ``finish()`` still gets the publication at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from merge_proxy.atomic import atomic_write_text
+from merge_proxy.experts import EXPERT_METADATA_FILE
+from merge_proxy.hub import HubOptions
+from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json, resolve_base_model_id
+from merge_proxy.publish import Publication, publish_expert
+
+logger = logging.getLogger(__name__)
+
+
+class ExpertPublisher(TrainerCallback):
+    """Publishes LLaMA-Factory's output as a merge-proxy expert, from the main process only."""
+
+    def __init__(self, spec: PublishSpec, train_args: dict[str, Any], hub: HubOptions | None = None) -> None:
+        self.spec = spec
+        self.train_args = dict(train_args)
+        self.hub = hub or HubOptions()
+        self.base_model_id = resolve_base_model_id(spec, self.train_args) if spec.push else spec.base_model
+        self.summary: TrainingSummary | None = None
+        self.publication: Publication | None = None
+        self._is_main = False
+        self._started: float | None = None
+        self._finished = False
+        self._last_loss: float | None = None
+
+    # ------------------------------------------------------------------ trainer events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._last_loss = float(logs["loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._is_main = bool(state.is_world_process_zero)
+        if not self._is_main:
+            return
+        world = int(getattr(args, "world_size", 1) or 1)
+        self.summary = TrainingSummary(
+            global_steps=int(state.global_step),
+            epochs=float(state.epoch) if state.epoch is not None else None,
+            final_loss=self._last_loss,
+            train_runtime_s=round(time.monotonic() - self._started, 3) if self._started else None,
+            global_batch_size=int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world,
+        )
+        atexit.register(self._finish_at_exit)
+
+    # ------------------------------------------------------------------ publication
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(str(self.train_args.get("output_dir", "."))).resolve()
+
+    def expert_document(self) -> dict[str, Any]:
+        assert self.summary is not None
+        return build_expert_json(self.spec, self.train_args, self.output_dir, self.summary, self.base_model_id)
+
+    def finish(self) -> Publication | None:
+        """Write expert.json beside LLaMA-Factory's output and publish it (main process, once)."""
+        if self._finished or not self._is_main or self.summary is None:
+            return None
+        self._finished = True
+        expert = self.expert_document()
+        atomic_write_text(self.output_dir / EXPERT_METADATA_FILE, json.dumps(expert, indent=2) + "\n")
+        if not self.spec.push:
+            logger.info("expert: push is false; wrote %s only", self.output_dir / EXPERT_METADATA_FILE)
+            return None
+        assert self.base_model_id is not None
+        self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
+        return self.publication
+
+    def _finish_at_exit(self) -> None:
+        if self._finished:
+            return
+        try:
+            self.finish()
+        except Exception as err:  # noqa: BLE001 - at exit, report instead of a traceback
+            logger.error("%s", err)

@@ -1,0 +1,235 @@
+"""What an expert is: the ``expert:`` block a user writes, and the expert.json merge-proxy publishes.
+
+An expert is only worth sharing with its provenance (base, data, sample counts, LoRA settings), and a
+sweep needs some of it without downloading weights (domain, base, rank). expert.json carries all of
+it with a versioned schema; the card repeats the searchable part as metadata and tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from merge_proxy.errors import ConfigError
+from merge_proxy.hub import looks_like_repo_id
+from merge_proxy.mixture import check_name
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+EXPERT_TAG = "merge-proxy-expert"
+DOMAIN_TAG_PREFIX = "merge-proxy-domain:"
+_SPEC_KEYS = ("repo_id", "domain", "private", "revision", "tags", "base_model", "push", "artifact")
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    """The ``expert:`` block of a LLaMA-Factory YAML (or the flags of ``merge-proxy publish``)."""
+
+    domain: str
+    repo_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+    tags: tuple[str, ...] = ()
+    base_model: str | None = None
+    push: bool = True
+    artifact: Literal["adapter", "full"] | None = None
+
+    @classmethod
+    def from_block(cls, block: Any, where: str = "expert:") -> PublishSpec:
+        """Validate the block with errors that name the key and the fix."""
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where} must be a mapping of {', '.join(_SPEC_KEYS)}")
+        unknown = sorted(set(block) - set(_SPEC_KEYS))
+        if unknown:
+            raise ConfigError(f"{where} unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
+        if not block.get("domain"):
+            raise ConfigError(f"{where} needs domain: (the data domain this expert covers, e.g. ocr)")
+        push = bool(block.get("push", True))
+        repo_id = block.get("repo_id")
+        if push and not repo_id:
+            raise ConfigError(f"{where} needs repo_id: (ORG/NAME on the Hub), or push: false")
+        if repo_id and not (looks_like_repo_id(str(repo_id)) and str(repo_id).count("/") == 1):
+            raise ConfigError(f"{where} repo_id {repo_id!r} is not a Hub repo id like ORG/NAME")
+        artifact = block.get("artifact")
+        if artifact not in (None, "adapter", "full"):
+            raise ConfigError(f"{where} artifact must be adapter or full, not {artifact!r}")
+        tags = block.get("tags") or ()
+        if isinstance(tags, str):
+            tags = [tags]
+        base_model = block.get("base_model")
+        if base_model and not looks_like_repo_id(str(base_model)):
+            raise ConfigError(f"{where} base_model must be a Hub id (ORG/NAME), not {base_model!r}")
+        return cls(
+            domain=check_name(str(block["domain"]), "domain"), repo_id=repo_id, private=bool(block.get("private", True)),
+            revision=block.get("revision"), tags=tuple(str(t) for t in tags), base_model=base_model, push=push,
+            artifact=artifact,
+        )
+
+
+@dataclass
+class DatasetUse:
+    """One LLaMA-Factory dataset as it entered training."""
+
+    name: str
+    rows: int | None
+    """Rows used after max_samples (None when the size cannot be read locally, e.g. streamed)."""
+    hub_id: str | None = None
+    file: str | None = None
+
+
+def _count_rows(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip())
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return len(data) if isinstance(data, list) else None
+    return None
+
+
+def dataset_uses(args: dict[str, Any]) -> list[DatasetUse]:
+    """Per-dataset row counts, re-derived as LLaMA-Factory loads them (it keeps none after mixing)."""
+    names = args.get("dataset") or []
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    dataset_dir = Path(str(args.get("dataset_dir", "data")))
+    info_path = dataset_dir / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    max_samples = args.get("max_samples")
+    uses = []
+    for name in names:
+        entry = info.get(name, {})
+        hub_id = entry.get("hf_hub_url")
+        rows = None
+        file_name = entry.get("file_name")
+        if file_name:
+            rows = _count_rows(dataset_dir / file_name)
+        if rows is not None and max_samples is not None:
+            rows = min(rows, int(max_samples))
+        uses.append(DatasetUse(name=name, rows=rows, hub_id=hub_id, file=file_name))
+    return uses
+
+
+@dataclass
+class TrainingSummary:
+    """What the trainer reports at the end (from the callback, or trainer_state.json afterwards)."""
+
+    global_steps: int | None = None
+    epochs: float | None = None
+    final_loss: float | None = None
+    train_runtime_s: float | None = None
+    global_batch_size: int | None = None
+
+    @property
+    def samples_seen(self) -> int | None:
+        """Training examples drawn (steps x global batch): differs from the rows when epochs != 1."""
+        if self.global_steps is None or self.global_batch_size is None:
+            return None
+        return self.global_steps * self.global_batch_size
+
+
+def summary_from_output_dir(output_dir: Path, args: dict[str, Any]) -> TrainingSummary:
+    """Read what LLaMA-Factory left: trainer_state.json (log history) and all_results.json."""
+    state_path = output_dir / "trainer_state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    history = state.get("log_history", [])
+    losses = [row["loss"] for row in history if "loss" in row]
+    runtime = next((row.get("train_runtime") for row in reversed(history) if "train_runtime" in row), None)
+    return TrainingSummary(
+        global_steps=state.get("global_step"), epochs=state.get("epoch"),
+        final_loss=losses[-1] if losses else None, train_runtime_s=runtime,
+        global_batch_size=global_batch_size(args, world_size=None),
+    )
+
+
+def global_batch_size(args: dict[str, Any], world_size: int | None) -> int | None:
+    per_device = int(args.get("per_device_train_batch_size", 8))
+    accumulation = int(args.get("gradient_accumulation_steps", 1))
+    return per_device * accumulation * world_size if world_size else None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("llamafactory", "transformers", "peft", "torch", "merge-proxy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def lora_settings(output_dir: Path) -> dict[str, Any] | None:
+    """r, alpha, dropout and the resolved target modules, from the adapter LLaMA-Factory saved."""
+    path = output_dir / "adapter_config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    targets = cfg.get("target_modules") or []
+    return {
+        "r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout"),
+        "use_rslora": bool(cfg.get("use_rslora")), "use_dora": bool(cfg.get("use_dora")),
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+    }
+
+
+def build_expert_json(
+    spec: PublishSpec, args: dict[str, Any], output_dir: Path, summary: TrainingSummary, base_model_id: str | None,
+) -> dict[str, Any]:
+    """The versioned expert.json document (no secrets: only LLaMA-Factory's training settings)."""
+    artifact = artifact_kind(output_dir, spec)
+    uses = dataset_uses(args)
+    return {
+        "schema": "merge-proxy/expert",
+        "schema_version": SCHEMA_VERSION,
+        "domain": spec.domain,
+        "artifact": artifact,
+        "base_model": {"id": base_model_id, "path": str(args.get("model_name_or_path")),
+                       "revision": args.get("model_revision") or None},
+        "datasets": [asdict(u) for u in uses],
+        "samples": sum(u.rows for u in uses) if uses and all(u.rows is not None for u in uses) else None,
+        "mixing": {"mix_strategy": args.get("mix_strategy", "concat"), "interleave_probs": args.get("interleave_probs"),
+                   "max_samples": args.get("max_samples")},
+        "finetuning_type": args.get("finetuning_type", "lora"),
+        "lora": lora_settings(output_dir),
+        "template": args.get("template"),
+        "cutoff_len": args.get("cutoff_len"),
+        "learning_rate": args.get("learning_rate"),
+        "lr_scheduler_type": args.get("lr_scheduler_type", "linear"),
+        "warmup_ratio": args.get("warmup_ratio"),
+        "num_train_epochs": args.get("num_train_epochs"),
+        "max_steps": args.get("max_steps"),
+        "training": {**asdict(summary), "samples_seen": summary.samples_seen},
+        "seed": args.get("seed", 42),
+        "versions": _versions(),
+    }
+
+
+def artifact_kind(output_dir: Path, spec: PublishSpec | None = None) -> str:
+    detected = "adapter" if (output_dir / "adapter_config.json").is_file() else "full"
+    if spec and spec.artifact and spec.artifact != detected:
+        raise ConfigError(
+            f"expert: artifact: {spec.artifact} but {output_dir} holds a{'n' if detected == 'adapter' else ''} "
+            f"{detected} checkpoint; fix artifact: or finetuning_type"
+        )
+    return detected
+
+
+def resolve_base_model_id(spec: PublishSpec, args: dict[str, Any]) -> str:
+    """The Hub id of the base: ``expert.base_model``, else model_name_or_path when it is a Hub id."""
+    if spec.base_model:
+        return spec.base_model
+    path = str(args.get("model_name_or_path", ""))
+    if looks_like_repo_id(path) and path.count("/") == 1 and not Path(path).exists():
+        return path
+    raise ConfigError(
+        f"model_name_or_path {path!r} is a local path; add base_model: ORG/NAME (its Hub id) to the expert: block "
+        "so that the expert's card names its base"
+    )

@@ -1,0 +1,158 @@
+"""Publishing a trained expert to the Hub: LLaMA-Factory's output as saved, a card and expert.json,
+in ONE commit.
+
+The card is validated locally before anything is sent, the repository is created first (creating an
+empty repo is no commit), then every file goes in one ``create_commit``: the Hub either has the whole
+expert or none of it. A failure leaves the training output untouched and says how to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from merge_proxy.errors import MergeProxyError
+from merge_proxy.experts import EXPERT_METADATA_FILE
+from merge_proxy.hub import HubOptions
+from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec
+
+logger = logging.getLogger(__name__)
+
+#: What is never published: LLaMA-Factory's own card (replaced), pickles (training_args.bin holds
+#: arbitrary objects), and intermediate checkpoints (subdirectories).
+_SKIP_NAMES = {"README.md", ".gitattributes"}
+_SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class PublishError(MergeProxyError):
+    """The expert could not be published; the training output is intact."""
+
+
+@dataclass(frozen=True)
+class Publication:
+    repo_id: str
+    commit_sha: str
+    url: str
+    files: tuple[str, ...]
+
+
+def artifact_files(output_dir: Path) -> list[Path]:
+    """The files of LLaMA-Factory's output_dir that make up the expert, as saved (top level only)."""
+    files = [
+        p for p in sorted(output_dir.iterdir())
+        if p.is_file() and p.name not in _SKIP_NAMES and not p.name.endswith(_SKIP_SUFFIXES)
+        and not p.name.startswith(".")
+    ]
+    if not any(p.name in ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+               for p in files):
+        raise PublishError(
+            f"{output_dir} holds no saved model (adapter_model.safetensors or model*.safetensors); "
+            "did training finish and save (LLaMA-Factory writes them after the last step)?"
+        )
+    return files
+
+
+def card_metadata(spec: PublishSpec, expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:
+    """The card's YAML metadata, as the Hub reads it (base_model, relation, datasets, tags)."""
+    adapter = expert["artifact"] == "adapter"
+    datasets = sorted({d["hub_id"] for d in expert["datasets"] if d.get("hub_id")})
+    lora = expert.get("lora") or {}
+    meta: dict[str, Any] = {
+        "base_model": base_model_id,
+        "base_model_relation": "adapter" if adapter else "finetune",
+        "library_name": "peft" if adapter else "transformers",
+        "pipeline_tag": "image-text-to-text",
+        "tags": [EXPERT_TAG, f"{DOMAIN_TAG_PREFIX}{spec.domain}", "llama-factory",
+                 *[t for t in spec.tags if t not in (EXPERT_TAG,)]],
+        "merge_proxy": {
+            "domain": spec.domain, "kind": "lora" if adapter else "full", "rank": lora.get("r"),
+            "samples": expert.get("samples"), "schema_version": expert["schema_version"],
+        },
+    }
+    if datasets:
+        meta["datasets"] = datasets
+    return meta
+
+
+def render_card(spec: PublishSpec, expert: dict[str, Any], base_model_id: str, repo_id: str) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from merge_proxy.resources import card_template
+
+    meta = card_metadata(spec, expert, base_model_id)
+    data = ModelCardData(**meta)
+    training = expert.get("training") or {}
+    context = {
+        "repo_id": repo_id, "domain": spec.domain, "base_model": base_model_id,
+        "base_revision": (expert.get("base_model") or {}).get("revision"),
+        "artifact_description": "a LoRA adapter" if expert["artifact"] == "adapter" else "a full fine-tune",
+        "finetuning_type": expert.get("finetuning_type"), "lora": _lora_summary(expert.get("lora")),
+        "datasets": [{"name": d["hub_id"] or d["name"], "samples": d["rows"] if d["rows"] is not None else "?"}
+                     for d in expert["datasets"]],
+        "training": {
+            "steps": training.get("global_steps"), "global_batch_size": training.get("global_batch_size"),
+            "learning_rate": expert.get("learning_rate"), "lr_scheduler": expert.get("lr_scheduler_type"),
+            "final_loss": training.get("final_loss"),
+        },
+    }
+    card = ModelCard.from_template(data, template_str=card_template("expert"), **context)
+    return str(card)
+
+
+def _lora_summary(lora: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Targets as layer kinds (q_proj, ...) with a count: full module paths make an unreadable card."""
+    if not lora:
+        return None
+    targets = lora.get("target_modules") or []
+    if isinstance(targets, str):
+        return {**lora, "target_modules": [targets]}
+    kinds = sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return {**lora, "target_modules": [f"{', '.join(kinds)} ({len(targets)} modules)"]}
+
+
+def publish_expert(
+    output_dir: str | Path,
+    spec: PublishSpec,
+    expert: dict[str, Any],
+    base_model_id: str,
+    hub: HubOptions | None = None,
+) -> Publication:
+    """Create (if needed) the repo and push the expert in one commit; raise PublishError on failure."""
+    from huggingface_hub import CommitOperationAdd
+
+    hub = hub or HubOptions()
+    output_dir = Path(output_dir)
+    if not spec.repo_id:
+        raise PublishError("no repo_id to publish to; set expert: repo_id: or pass --repo ORG/NAME")
+    files = artifact_files(output_dir)
+    card = render_card(spec, expert, base_model_id, spec.repo_id)
+    expert_json = json.dumps(expert, indent=2, sort_keys=False) + "\n"
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
+                  if p.name != EXPERT_METADATA_FILE]
+    operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    api = hub.api()
+    retry = (f"the training output in {output_dir} is intact; retry with: merge-proxy publish {output_dir} "
+             f"--repo {spec.repo_id} --domain {spec.domain}")
+    try:
+        api.create_repo(spec.repo_id, private=spec.private, exist_ok=True)
+        if spec.revision:
+            api.create_branch(spec.repo_id, branch=spec.revision, exist_ok=True)
+        info = api.create_commit(
+            spec.repo_id, operations=operations, revision=spec.revision,
+            commit_message=f"merge-proxy expert: {spec.domain}",
+            commit_description=f"Published by merge-proxy from LLaMA-Factory output ({len(operations)} files).",
+        )
+    except Exception as err:  # noqa: BLE001 - any client failure gets the same actionable message
+        raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
+    logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
+    return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations))
+
+
+def _describe(err: Exception) -> str:
+    """One line, without request headers (never the token)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"[:300]

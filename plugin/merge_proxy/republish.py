@@ -1,0 +1,68 @@
+"""Publishing an expert after the fact, from what LLaMA-Factory left in its output directory.
+
+Used to retry a failed push (``merge-proxy train`` wrote expert.json before pushing) or to publish an
+expert trained without merge-proxy: then the training config (``--config``) supplies the datasets and
+settings that LLaMA-Factory does not save in plain text, and flags supply the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from merge_proxy.errors import ConfigError
+from merge_proxy.experts import EXPERT_METADATA_FILE
+from merge_proxy.hub import HubOptions
+from merge_proxy.provenance import PublishSpec, build_expert_json, resolve_base_model_id, summary_from_output_dir
+from merge_proxy.publish import Publication, publish_expert
+
+
+def _args_from_dir(output_dir: Path, config: str | None) -> dict:
+    if config:
+        from merge_proxy.train import read_config, split_expert_block
+
+        args, _ = split_expert_block(read_config(config, ()), config)
+        return args
+    adapter = output_dir / "adapter_config.json"
+    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+    return {"model_name_or_path": base, "output_dir": str(output_dir),
+            "finetuning_type": "lora" if adapter.is_file() else "full"}
+
+
+def publish_directory(
+    output_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    domain: str | None = None,
+    base_model: str | None = None,
+    config: str | None = None,
+    private: bool = True,
+    revision: str | None = None,
+    tags: Sequence[str] = (),
+    hub: HubOptions | None = None,
+) -> Publication:
+    """Publish ``output_dir`` as an expert, reusing its expert.json when present."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise ConfigError(f"{output_dir} is not a directory; pass LLaMA-Factory's output_dir")
+    existing_path = output_dir / EXPERT_METADATA_FILE
+    existing = json.loads(existing_path.read_text(encoding="utf-8")) if existing_path.is_file() else None
+    domain = domain or (existing or {}).get("domain")
+    if not domain:
+        raise ConfigError(f"{output_dir} has no {EXPERT_METADATA_FILE}; pass --domain D (the data domain)")
+    base_model = base_model or ((existing or {}).get("base_model") or {}).get("id")
+    block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
+             "tags": list(tags), "base_model": base_model}
+    spec = PublishSpec.from_block(block, where="merge-proxy publish:")
+    if existing is not None and existing.get("domain") == domain:
+        expert = existing
+        base_id = base_model
+        if not base_id:
+            raise ConfigError(f"{existing_path} names no Hub base model; pass --base-model ORG/NAME")
+    else:
+        args = _args_from_dir(output_dir, config)
+        args["output_dir"] = str(output_dir)
+        base_id = resolve_base_model_id(spec, args)
+        expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir, args), base_id)
+    return publish_expert(output_dir, spec, expert, base_id, hub)

@@ -1,0 +1,197 @@
+"""`merge-proxy train` / `publish` / `experts` with the real LLaMA-Factory and the Hub emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from merge_proxy.testing.hub import HubEmulator
+from merge_proxy.testing.training import tiny_sft_config
+
+SCRIPTS = Path(sys.executable).parent
+BASE_ID = "tester/qwen2-vl-tiny"
+
+pytestmark = pytest.mark.slow
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_config(tmp_path: Path, tiny_vlm, domains, out: Path, expert: dict | None, **overrides) -> Path:
+    config = tiny_sft_config(tiny_vlm.path, domains.llamafactory_dir, domains.train_datasets["color"], out,
+                             max_steps=3, **overrides)
+    if expert is not None:
+        config["expert"] = expert
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None):
+    full_env = {**os.environ, **(env or {}), **(extra_env or {})}
+    return subprocess.run([str(SCRIPTS / "merge-proxy"), *args], capture_output=True, text=True, timeout=600,
+                          env=full_env)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with HubEmulator(tmp_path / "hub-data") as emulator:
+        yield emulator
+
+
+def test_train_publishes_one_commit_with_card_and_provenance(tmp_path, tiny_vlm, domains, hub):
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+    env = hub.client_env(hf_home=tmp_path / "hf-home")
+    out = tmp_path / "color-expert"
+    expert = {"domain": "color", "repo_id": "tester/color-expert", "base_model": BASE_ID, "tags": ["synthetic"]}
+    proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)), "seed=7", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert hub.token not in proc.stdout + proc.stderr
+
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    commits = api.list_repo_commits("tester/color-expert")
+    assert [c.title for c in commits] == ["merge-proxy expert: color", "initial commit"]
+    info = api.model_info("tester/color-expert", files_metadata=True)
+    assert info.private is True
+    published = {s.rfilename for s in info.siblings} - {".gitattributes"}
+    local = {p.name for p in out.iterdir() if p.is_file()} - {"README.md", "training_args.bin"}
+    assert published == local | {"README.md"}
+    for name in local:  # byte-identical to what LLaMA-Factory (and our callback) wrote
+        fetched = hf_hub_download("tester/color-expert", name, endpoint=hub.endpoint, token=hub.token,
+                                  cache_dir=tmp_path / "c")
+        assert sha(Path(fetched)) == sha(out / name), name
+
+    card = ModelCard.load(hf_hub_download("tester/color-expert", "README.md", endpoint=hub.endpoint,
+                                          token=hub.token, cache_dir=tmp_path / "c"))
+    assert card.data.base_model == BASE_ID
+    assert card.data.base_model_relation == "adapter"
+    assert card.data.library_name == "peft"
+    assert {"merge-proxy-expert", "merge-proxy-domain:color", "llama-factory", "synthetic"} <= set(card.data.tags)
+    assert f"base_model:adapter:{BASE_ID}" in info.tags
+    assert hub.token not in card.content
+
+    document = json.loads((out / "expert.json").read_text())
+    rows = len(json.loads((domains.llamafactory_dir / "synth_color_train.json").read_text()))
+    assert document["samples"] == rows == domains.train_size
+    assert document["datasets"][0]["rows"] == rows
+    assert document["lora"]["r"] == 8 and len(document["lora"]["target_modules"]) == 14
+    assert document["training"]["global_steps"] == 3 and document["seed"] == 7
+    assert document["versions"]["llamafactory"] == "0.9.5"
+    assert hub.token not in json.dumps(document)
+
+    anonymous = HfApi(endpoint=hub.endpoint, token=False)
+    assert [m.id for m in anonymous.list_models(filter="merge-proxy-expert")] == []
+    listing = cli("experts", "--base", BASE_ID, "--domain", "color", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    [row] = json.loads(listing.stdout)
+    assert row == {"repo": "tester/color-expert", "domain": "color", "base": BASE_ID, "kind": "lora", "rank": 8,
+                   "samples": rows, "sha": commits[0].commit_id}
+    table = cli("experts", env=env)
+    assert "tester/color-expert" in table.stdout and "color" in table.stdout
+    nothing = cli("experts", "--domain", "ocr", env=env)
+    assert nothing.stdout.strip() == "no experts found"
+
+
+def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, domains):
+    from huggingface_hub import HfApi
+
+    data = tmp_path / "hub-data"
+    with HubEmulator(data) as hub:
+        env = hub.client_env(hf_home=tmp_path / "hf-home")
+    # The emulator is stopped: the push must fail after training, with the outputs intact.
+    out = tmp_path / "shape-expert"
+    expert = {"domain": "color", "repo_id": "tester/color-expert", "base_model": BASE_ID}
+    proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)), env=env)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "publishing tester/color-expert failed" in last and f"merge-proxy publish {out}" in last
+    assert (out / "adapter_model.safetensors").is_file() and (out / "expert.json").is_file()
+    before = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
+
+    with HubEmulator(data) as hub:  # the Hub is back: retry
+        retry = cli("publish", str(out), "--repo", "tester/color-expert", env=hub.client_env(hf_home=tmp_path / "h"))
+        assert retry.returncode == 0, retry.stderr
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        assert [c.title for c in api.list_repo_commits("tester/color-expert")][0] == "merge-proxy expert: color"
+        info = api.model_info("tester/color-expert")
+        assert "merge-proxy-domain:color" in info.tags
+    assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
+
+
+def test_publish_an_expert_trained_without_merge_proxy(tmp_path, tiny_vlm, domains, hub):
+    from huggingface_hub import HfApi
+
+    out = tmp_path / "plain"
+    cfg = write_config(tmp_path, tiny_vlm, domains, out, None)
+    trained = subprocess.run([str(SCRIPTS / "llamafactory-cli"), "train", str(cfg)], capture_output=True, text=True,
+                             timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    env = hub.client_env(hf_home=tmp_path / "hf-home")
+    missing = cli("publish", str(out), "--repo", "tester/plain", env=env)
+    assert missing.returncode == 2 and "pass --domain D" in missing.stderr
+    local_base = cli("publish", str(out), "--repo", "tester/plain", "--domain", "color", env=env)
+    assert local_base.returncode == 2 and "base_model" in local_base.stderr
+    ok = cli("publish", str(out), "--repo", "tester/plain", "--domain", "color", "--base-model", BASE_ID,
+             "--config", str(cfg), "--public", env=env)
+    assert ok.returncode == 0, ok.stderr
+    fetched = HfApi(endpoint=hub.endpoint).hf_hub_download("tester/plain", "expert.json", cache_dir=tmp_path / "c")
+    document = json.loads(Path(fetched).read_text())
+    assert document["domain"] == "color" and document["samples"] == domains.train_size
+    assert document["template"] == "qwen2_vl" and document["training"]["global_steps"] == 3
+    assert not (out / "expert.json").exists()  # publishing reads the output directory, never rewrites it
+
+
+def test_without_expert_block_same_adapter_as_llamafactory_cli(tmp_path, tiny_vlm, domains):
+    ours = tmp_path / "ours"
+    theirs = tmp_path / "theirs"
+    proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, ours, None)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = subprocess.run([str(SCRIPTS / "llamafactory-cli"), "train",
+                          str(write_config(tmp_path, tiny_vlm, domains, theirs, None))],
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0
+    assert sha(ours / "adapter_model.safetensors") == sha(theirs / "adapter_model.safetensors")
+    assert not (ours / "expert.json").exists()
+
+
+def test_torchrun_two_cpu_processes_make_exactly_one_commit(tmp_path, tiny_vlm, domains, hub):
+    from huggingface_hub import HfApi
+
+    env = hub.client_env(hf_home=tmp_path / "hf-home")
+    out = tmp_path / "ddp"
+    expert = {"domain": "color", "repo_id": "tester/ddp-expert", "base_model": BASE_ID}
+    proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)), env=env,
+               extra_env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world size: 2" in proc.stdout + proc.stderr
+    commits = HfApi(endpoint=hub.endpoint, token=hub.token).list_repo_commits("tester/ddp-expert")
+    assert [c.title for c in commits] == ["merge-proxy expert: color", "initial commit"]
+    document = json.loads((out / "expert.json").read_text())
+    assert document["training"]["global_batch_size"] == 2 * 4
+
+
+@pytest.mark.parametrize(
+    "expert, message",
+    [
+        ({"repo_id": "tester/x"}, "expert: needs domain:"),
+        ({"domain": "color", "repo_id": "tester/x", "colour": 1}, "unknown key(s) colour"),
+        ({"domain": "color"}, "needs repo_id:"),
+        ({"domain": "color", "repo_id": "not a repo"}, "is not a Hub repo id"),
+        ({"domain": "color", "repo_id": "tester/x"}, "is a local path; add base_model:"),
+    ],
+)
+def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert, message):
+    out = tmp_path / "never"
+    proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
