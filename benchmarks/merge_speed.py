@@ -67,6 +67,8 @@ SHAPE: dict[str, object] = {
 MERGEKIT_REQUIREMENT = "mergekit"
 CHILD_TIMEOUT_S = 1800
 SAMPLE_INTERVAL_S = 0.02
+#: A path whose run saw other processes use more than this share of its wall time in CPU is flagged.
+CONTENTION_SHARE = 0.25
 PAGE_CACHE_NOTE = (
     "OS page cache: warm for every path (all inputs are read once right before each measurement); "
     "outputs are not fsync'ed by any path."
@@ -1014,6 +1016,16 @@ def format_table(r: dict[str, Measurement], baseline_rss: int | None) -> str:
     return "\n".join(lines)
 
 
+def contention_warning(r: dict[str, Measurement]) -> str:
+    """Name the paths whose timing shared the cores: their times (and ratios) are not to be trusted."""
+    shared = [k for k, m in r.items() if m.ok and m.others_cpu_s is not None and m.process_s
+              and m.others_cpu_s > CONTENTION_SHARE * m.process_s]
+    if not shared:
+        return ""
+    return (f"WARNING: other processes used the CPU during {', '.join(shared)} (column 'other'); their times are "
+            "inflated, with 2 PyTorch threads many times over. Rerun on an idle machine, or with --threads 1.")
+
+
 def format_stages(r: dict[str, Measurement]) -> str:
     lines = []
     for key in ("base_load", "inplace", "ours_lora", "ref_lora", "ours_full", "ours_full_shards", "mergekit",
@@ -1152,6 +1164,9 @@ def print_report(report: dict) -> None:
           "venv; RssAnon/RssFile: sampled peaks every 20 ms (RssFile = memory-mapped files).")
     print()
     print(format_table(r, r["baseline"].peak_rss if "baseline" in r and r["baseline"].ok else None))
+    warning = contention_warning(r)
+    if warning:
+        print(warning)
     print()
     print("stages:")
     print(format_stages(r))

@@ -21,6 +21,7 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "merge_proxy.commands.publish",
     "merge_proxy.commands.experts",
     "merge_proxy.commands.merge",
+    "merge_proxy.commands.sweep",
     "merge_proxy.demo",
 )
 

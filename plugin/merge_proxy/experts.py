@@ -82,8 +82,10 @@ class ResolvedModel:
 
     @property
     def pinned_source(self) -> str:
-        """``repo@sha`` for Hub sources, the absolute path for local ones: what outputs record."""
-        return f"{self.repo_id}@{self.revision}" if self.repo_id else str(self.path)
+        """``repo[/subfolder]@sha`` for Hub sources, the absolute path for local ones: what outputs record."""
+        if not self.repo_id:
+            return str(self.path)
+        return f"{self.source}@{self.revision}"
 
     @property
     def domain(self) -> str | None:
@@ -100,6 +102,16 @@ class ResolvedModel:
         if self.adapter_config and self.adapter_config.get("base_model_name_or_path"):
             names.append(str(self.adapter_config["base_model_name_or_path"]))
         return tuple(dict.fromkeys(names))
+
+
+def _split_subfolder(source: str) -> tuple[str, str, str]:
+    parts = source.split("/")
+    return "/".join(parts[:2]), "/", "/".join(parts[2:])
+
+
+def _is_hub_source(source: str) -> bool:
+    repo_id, _, subfolder = _split_subfolder(source)
+    return source.count("/") >= 1 and looks_like_repo_id(repo_id) and ".." not in subfolder.split("/")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -171,12 +183,23 @@ def resolve(
         kind = _kind_from_files(files, label)
         _check_weights_present(files, kind, label, allow_pickle)
         path, repo_id, sha = local.resolve(), None, None
-    elif looks_like_repo_id(spec.source) and spec.source.count("/") == 1:
-        sha, files = repo_files(spec.source, spec.revision, hub)
+    elif _is_hub_source(spec.source):
+        # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the
+        # reference mixture models) are addressed by the folder after the repo id.
+        repo_id, _, subfolder = _split_subfolder(spec.source)
+        sha, files = repo_files(repo_id, spec.revision, hub)
+        if subfolder:
+            files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]
+            if not files:
+                raise ExpertError(f"{label}: {repo_id}@{sha[:10]} has no folder {subfolder!r}")
         kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})")
         _check_weights_present(files, kind, label, allow_pickle)
-        path = fetch_snapshot(spec.source, sha, _patterns(kind, allow_pickle, for_base), hub)
-        repo_id = spec.source
+        patterns = _patterns(kind, allow_pickle, for_base)
+        if subfolder:
+            patterns = [f"{subfolder}/{p}" for p in patterns]
+        path = fetch_snapshot(repo_id, sha, patterns, hub)
+        if subfolder:
+            path = path / subfolder
     else:
         raise ExpertError(
             f"{label}: {spec.source!r} is neither an existing directory nor a Hub repo id (ORG/NAME[@REV])"

@@ -47,3 +47,11 @@ def list_card_templates() -> list[str]:
 def card_template(name: str) -> str:
     """The text of the Jinja template for the Hub card ``name`` (e.g. ``expert``)."""
     return _get(_CARDS, name, ".md.j2", "card template").read_text(encoding="utf-8")
+
+
+def paper_mixtures() -> dict:
+    """The reference protocol's mixtures (paper_mixtures.json, shipped with the recipes)."""
+    import json
+
+    path = resources.files(_RECIPES) / "paper_mixtures.json"
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,642 @@
+"""Turn a sweep journal into a ranking of mixtures and, with truth runs, a verdict on the proxy.
+
+The question a sweep answers is "which data mixture should I train on?"; the question a truth run
+answers is "can I trust the proxy's answer?". This module answers both from journal records alone:
+
+* :class:`Scores` is the (mixture x benchmark) table of one mode (``proxy`` or ``truth``) and its
+  weighted aggregate. A mixture missing a benchmark is left out of the aggregate, with a warning: filling
+  the hole (with 0, a mean, ...) would silently move that mixture up or down the ranking.
+* :func:`analyze` ranks the mixtures, picks the recommended one, finds the baselines a reader compares it
+  with (the uniform mixture, the best single expert) and, given truth records, measures how well the
+  proxy's ranking matches the truth's: rank and linear correlations with bootstrap intervals (a handful of
+  mixtures gives wide intervals, and the reader must see that), whether the proxy's pick is the truth's
+  best, and what choosing by proxy costs (regret).
+
+It is pure numpy/scipy: no torch, no lmms-eval, so reports can be made on a laptop from a copied journal.
+Every score is assumed "higher is better", as for lmms-eval's primary metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from merge_proxy.errors import ConfigError
+from merge_proxy.journal import JournalRecord
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "merge-proxy/analysis"
+SCHEMA_VERSION = 1
+
+#: Name of the aggregate in per-benchmark tables (a benchmark cannot take it: see :class:`Scores`).
+AGGREGATE = "aggregate"
+#: Weights closer than this are equal (the uniform mixture of 3 domains is written 0.333333,...).
+WEIGHT_TOLERANCE = 1e-6
+#: Fewer mixtures than this carry no ranking information worth a number: the correlations are NaN.
+MIN_MIXTURES_FOR_CORRELATION = 3
+METHODS = ("spearman", "kendall", "pearson")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The score table
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The scores of one mode: mixture_id -> weights, and mixture_id -> benchmark -> score.
+
+    Built from journal records with :meth:`from_records`; mixtures keep the journal's order (the sweep's
+    order), benchmarks are sorted so that tables and files do not depend on which job finished first.
+    """
+
+    mode: str
+    weights: dict[str, dict[str, float]]
+    scores: dict[str, dict[str, float]]
+    benchmarks: tuple[str, ...]
+    domains: tuple[str, ...]
+
+    @classmethod
+    def from_records(cls, records: Iterable[JournalRecord], mode: str = "proxy") -> Scores:
+        """Keep the records of ``mode``; a repeated (mixture, benchmark) keeps the last one, with a warning.
+
+        Non-finite scores are dropped with a warning, so the mixture counts as missing that benchmark
+        rather than carrying a NaN into the ranking.
+        """
+        weights: dict[str, dict[str, float]] = {}
+        scores: dict[str, dict[str, float]] = {}
+        benchmarks: set[str] = set()
+        domains: tuple[str, ...] | None = None
+        for r in records:
+            if r.mode != mode:
+                continue
+            if r.benchmark == AGGREGATE:
+                raise ConfigError(
+                    f"a benchmark is named {AGGREGATE!r}, the name the report gives the weighted mean; "
+                    "rename that task in the journal"
+                )
+            names = tuple(r.weights)
+            if domains is None:
+                domains = names
+            elif set(names) != set(domains):
+                raise ConfigError(
+                    f"the {mode} journal mixes mixtures over different experts: {', '.join(domains)} and "
+                    f"{', '.join(names)} (mixture {r.mixture_id}); keep one sweep per journal"
+                )
+            weights.setdefault(r.mixture_id, {d: float(r.weights[d]) for d in domains})
+            score = float(r.score) if r.score is not None else math.nan
+            if not math.isfinite(score):
+                logger.warning("%s %s on %s: score %r is not a number; treated as missing",
+                               mode, r.mixture_id, r.benchmark, r.score)
+                scores.setdefault(r.mixture_id, {})
+                continue
+            row = scores.setdefault(r.mixture_id, {})
+            if r.benchmark in row and row[r.benchmark] != score:
+                logger.warning("%s %s on %s: scored twice (%s, then %s); keeping the last",
+                               mode, r.mixture_id, r.benchmark, row[r.benchmark], score)
+            row[r.benchmark] = score
+            benchmarks.add(r.benchmark)
+        return cls(mode=mode, weights=weights, scores=scores, benchmarks=tuple(sorted(benchmarks)),
+                   domains=domains or ())
+
+    @property
+    def mixture_ids(self) -> list[str]:
+        return list(self.weights)
+
+    def column(self, benchmark: str) -> dict[str, float]:
+        """mixture_id -> score on ``benchmark``, for the mixtures that have it."""
+        return {m: row[benchmark] for m, row in self.scores.items() if benchmark in row}
+
+    def missing(self, benchmarks: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """mixture_id -> the benchmarks (of ``benchmarks``, default all) it has no score for."""
+        wanted = self.benchmarks if benchmarks is None else tuple(benchmarks)
+        out = {}
+        for m, row in self.scores.items():
+            lacking = [b for b in wanted if b not in row]
+            if lacking:
+                out[m] = lacking
+        return out
+
+    def aggregate(self, benchmark_weights: Mapping[str, float] | None = None, *, warn: bool = True) -> dict[str, float]:
+        """mixture_id -> weighted mean over benchmarks (equal weights by default).
+
+        Only benchmarks with a positive weight count. A mixture without a score on one of them is left
+        out (and named in a warning): a partial mean is not comparable with the full ones.
+        """
+        weights = normalize_benchmark_weights(benchmark_weights, self.benchmarks)
+        used = [b for b, w in weights.items() if w > 0]
+        out: dict[str, float] = {}
+        for m, row in self.scores.items():
+            lacking = [b for b in used if b not in row]
+            if lacking:
+                if warn:
+                    logger.warning("%s mixture %s has no score on %s; left out of the aggregate ranking",
+                                   self.mode, m, ", ".join(lacking))
+                continue
+            out[m] = math.fsum(weights[b] * row[b] for b in used)
+        return out
+
+
+def normalize_benchmark_weights(
+    benchmark_weights: Mapping[str, float] | None, benchmarks: Sequence[str]
+) -> dict[str, float]:
+    """Benchmark -> weight summing to 1. Unnamed benchmarks get 0; unknown names are an error.
+
+    Default: equal weights. Weights are relative (``{"a": 2, "b": 1}`` means two thirds on a).
+    """
+    if not benchmarks:
+        return {}
+    if benchmark_weights is None:
+        return {b: 1.0 / len(benchmarks) for b in benchmarks}
+    unknown = [b for b in benchmark_weights if b not in benchmarks]
+    if unknown:
+        raise ConfigError(
+            f"benchmark weights name unknown benchmark(s) {', '.join(map(repr, unknown))}; the journal has: "
+            f"{', '.join(benchmarks)}"
+        )
+    raw: dict[str, float] = {}
+    for b in benchmarks:
+        try:
+            w = float(benchmark_weights.get(b, 0.0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"weight of benchmark {b!r} is {benchmark_weights[b]!r}, not a number") from None
+        if not math.isfinite(w) or w < 0:
+            raise ConfigError(f"weight of benchmark {b!r} is {w}; use a finite weight >= 0")
+        raw[b] = w
+    total = math.fsum(raw.values())
+    if total <= 0:
+        raise ConfigError("benchmark weights are all 0; give at least one benchmark a positive weight")
+    skipped = [b for b, w in raw.items() if w == 0]
+    if skipped:
+        logger.info("benchmarks with weight 0 (not in the aggregate): %s", ", ".join(skipped))
+    return {b: w / total for b, w in raw.items()}
+
+
+def rank(scores: Mapping[str, float]) -> list[str]:
+    """Mixture ids best first; ties broken by mixture_id so that every run picks the same mixture."""
+    return sorted(scores, key=lambda m: (-scores[m], m))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _as_2d(a: np.ndarray) -> np.ndarray:
+    return a[None, :] if a.ndim == 1 else a
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair; NaN where a row is constant (no defined correlation)."""
+    x, y = _as_2d(np.asarray(x, float)), _as_2d(np.asarray(y, float))
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    sxx, syy = (xc * xc).sum(axis=1), (yc * yc).sum(axis=1)
+    denom = np.sqrt(sxx * syy)
+    # Rows that are constant up to rounding give a meaningless r; scipy also reports NaN for them.
+    scale_x = np.abs(x).max(axis=1) + 1.0
+    scale_y = np.abs(y).max(axis=1) + 1.0
+    n = x.shape[1]
+    degenerate = (sxx <= (1e-12 * scale_x) ** 2 * n) | (syy <= (1e-12 * scale_y) ** 2 * n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / denom
+    r = np.clip(r, -1.0, 1.0)
+    r[degenerate] = np.nan
+    return r
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair: Pearson on average ranks, as scipy.stats.spearmanr."""
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(_as_2d(x), axis=1), rankdata(_as_2d(y), axis=1))
+
+
+def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair: sum(sign dx * sign dy) / sqrt(pairs untied in x * untied in y)."""
+    x, y = _as_2d(np.asarray(x, float)), _as_2d(np.asarray(y, float))
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    num = (sx * sy).sum(axis=(1, 2))
+    denom = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / denom
+    tau = np.clip(tau, -1.0, 1.0)
+    tau[denom == 0] = np.nan
+    return tau
+
+
+#: Vectorized (row-wise) versions of the three statistics, used for the bootstrap resamples.
+ROW_STATISTICS = {"spearman": _spearman_rows, "kendall": _kendall_rows, "pearson": _pearson_rows}
+
+
+def _scipy_statistic(method: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(statistic, p-value) from scipy itself; NaN when an input is constant."""
+    from scipy import stats
+
+    fn = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[method]
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConstantInputWarning / NearConstantInputWarning: NaN says it
+        res = fn(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """One correlation of proxy and truth scores, with a percentile bootstrap interval.
+
+    The interval comes from resampling the mixtures with replacement (``n_boot`` times, fixed seed):
+    with the 5-25 mixtures a sweep affords, the point estimate alone overstates what is known.
+    Resamples on which the statistic is undefined (a resample where one side is constant) are dropped;
+    ``n_boot_valid`` says how many were left. Every value is NaN when it is undefined on the data.
+    """
+
+    method: str
+    """``spearman``, ``kendall`` (tau-b) or ``pearson``."""
+    value: float
+    pvalue: float
+    low: float
+    high: float
+    confidence: float
+    n_boot: int
+    n_boot_valid: int
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) indices of mixtures drawn with replacement; the same for a given (n, n_boot, seed)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _bootstrap_distribution(method: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The statistic on each resample, in chunks: Kendall's pairwise arrays grow as n_boot * n * n."""
+    fn = ROW_STATISTICS[method]
+    n = x.size
+    step = max(1, 4_000_000 // (n * n))
+    return np.concatenate([fn(x[idx[i:i + step]], y[idx[i:i + step]]) for i in range(0, len(idx), step)])
+
+
+def correlate(
+    x: Sequence[float], y: Sequence[float], *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+) -> dict[str, Correlation]:
+    """Spearman, Kendall tau-b and Pearson of paired ``x`` (proxy) and ``y`` (truth), each with an interval.
+
+    Point estimates and p-values are scipy's (``spearmanr``, ``kendalltau``, ``pearsonr``). The intervals
+    are a paired percentile bootstrap written here rather than ``scipy.stats.bootstrap``: the latter
+    returns a NaN interval as soon as one resample is constant (likely with few, tied mixtures) and calls
+    a non-vectorized statistic once per resample; here the three statistics share the same resamples and
+    run vectorized, and undefined resamples are dropped.
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be between 0 and 1, got {confidence}")
+    if n_boot < 0:
+        raise ConfigError(f"n_boot must be >= 0, got {n_boot}")
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if xa.shape != ya.shape or xa.ndim != 1:
+        raise ValueError(f"x and y must be 1-d and paired, got shapes {xa.shape} and {ya.shape}")
+    n = xa.size
+    out: dict[str, Correlation] = {}
+    if n < MIN_MIXTURES_FOR_CORRELATION:
+        for method in METHODS:
+            out[method] = Correlation(method, math.nan, math.nan, math.nan, math.nan, confidence, n_boot, 0)
+        return out
+    idx = bootstrap_indices(n, n_boot, seed) if n_boot else None
+    alpha = (1 - confidence) / 2
+    for method in METHODS:
+        value, pvalue = _scipy_statistic(method, xa, ya)
+        low = high = math.nan
+        valid = 0
+        if idx is not None and math.isfinite(value):
+            dist = _bootstrap_distribution(method, xa, ya, idx)
+            dist = dist[np.isfinite(dist)]
+            valid = int(dist.size)
+            if valid:
+                low, high = (float(v) for v in np.percentile(dist, [100 * alpha, 100 * (1 - alpha)]))
+        out[method] = Correlation(method, value, pvalue, low, high, confidence, n_boot, valid)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class MixtureResult:
+    """One mixture's row in the report: its weights, scores, aggregate and rank, proxy and truth."""
+
+    mixture_id: str
+    weights: dict[str, float]
+    scores: dict[str, float]
+    aggregate: float | None
+    """None when a weighted benchmark is missing (then ``rank`` is None too)."""
+    rank: int | None
+    """1 = best aggregate."""
+    truth_scores: dict[str, float] = field(default_factory=dict)
+    truth_aggregate: float | None = None
+    truth_rank: int | None = None
+    """Rank among the mixtures that have a truth aggregate."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A mixture a reader compares the recommendation with; ``mixture_id`` None when the sweep lacks it."""
+
+    name: str
+    """``uniform`` (all weights equal) or ``best_single_expert`` (one weight 1, best proxy aggregate)."""
+    mixture_id: str | None
+    weights: dict[str, float] | None
+    aggregate: float | None
+    rank: int | None
+    truth_aggregate: float | None = None
+    truth_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkAnalysis:
+    """How well the proxy ranks the mixtures on one benchmark (or on the aggregate), against truth.
+
+    ``top1_hit``: the proxy's best is one of the truth's best (ties in truth all count).
+    ``top3_hit``: a truth-best mixture is within the proxy's top 3.
+    ``regret``: truth score of the truth's best minus truth score of the proxy's pick: what choosing by
+    proxy costs on the real model, in the benchmark's units (0 when the proxy picks right).
+    """
+
+    benchmark: str
+    n: int
+    """Mixtures compared: scored by both proxy and truth on this benchmark."""
+    spearman: Correlation
+    kendall: Correlation
+    pearson: Correlation
+    proxy_best: str | None
+    truth_best: str | None
+    top1_hit: bool | None
+    top3_hit: bool | None
+    regret: float | None
+    proxy_top3: tuple[str, ...] = ()
+    proxy_scores: dict[str, float] = field(default_factory=dict)
+    """The compared proxy scores (mixture_id -> score), for plots and for checking the numbers."""
+    truth_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def correlations(self) -> dict[str, Correlation]:
+        return {"spearman": self.spearman, "kendall": self.kendall, "pearson": self.pearson}
+
+
+@dataclass(frozen=True)
+class TruthComparison:
+    """The proxy judged against truth: per benchmark and on the aggregate, over matched mixtures only."""
+
+    n_matched: int
+    only_proxy: tuple[str, ...]
+    """Mixtures scored by the proxy but with no truth run: left out of every comparison."""
+    only_truth: tuple[str, ...]
+    """Truth runs of mixtures the proxy journal does not have: left out too."""
+    benchmarks: tuple[BenchmarkAnalysis, ...]
+    aggregate: BenchmarkAnalysis
+    aggregate_benchmarks: tuple[str, ...]
+    """Benchmarks in the compared aggregate: the weighted ones truth has (re-normalized if fewer)."""
+    missing_truth_benchmarks: tuple[str, ...]
+    """Benchmarks the proxy has and truth lacks (compared nowhere)."""
+    n_boot: int
+    seed: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the report shows, computed once from the journals; :meth:`to_dict` is analysis.json."""
+
+    domains: tuple[str, ...]
+    benchmarks: tuple[str, ...]
+    benchmark_weights: dict[str, float]
+    """Normalized to sum 1; 0 for benchmarks left out of the aggregate."""
+    mixtures: tuple[MixtureResult, ...]
+    """Ranked by aggregate; mixtures without an aggregate last, by mixture_id."""
+    rankings: dict[str, tuple[str, ...]]
+    """Benchmark (and ``aggregate``) -> mixture ids best first."""
+    recommended: MixtureResult
+    incomplete: dict[str, tuple[str, ...]]
+    """Proxy mixtures left out of the aggregate -> the weighted benchmarks they lack."""
+    baselines: tuple[Baseline, ...]
+    truth: TruthComparison | None = None
+
+    def mixture(self, mixture_id: str) -> MixtureResult:
+        for m in self.mixtures:
+            if m.mixture_id == mixture_id:
+                return m
+        raise KeyError(mixture_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes null (JSON has no NaN), tuples become lists."""
+        data = asdict(self)
+        data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **data}
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Analysis
+
+
+def _best_set(scores: Mapping[str, float]) -> set[str]:
+    top = max(scores.values())
+    return {m for m, s in scores.items() if s == top}
+
+
+def compare(
+    proxy: Mapping[str, float], truth: Mapping[str, float], benchmark: str,
+    *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+) -> BenchmarkAnalysis:
+    """Compare proxy and truth scores (mixture_id -> score) over the mixtures both have."""
+    common = sorted(set(proxy) & set(truth))
+    x = [proxy[m] for m in common]
+    y = [truth[m] for m in common]
+    corr = correlate(x, y, n_boot=n_boot, seed=seed, confidence=confidence)
+    if not common:
+        return BenchmarkAnalysis(benchmark, 0, corr["spearman"], corr["kendall"], corr["pearson"],
+                                 None, None, None, None, None)
+    p = {m: proxy[m] for m in common}
+    t = {m: truth[m] for m in common}
+    proxy_order = rank(p)
+    truth_best = rank(t)[0]
+    best = _best_set(t)
+    pick = proxy_order[0]
+    top3 = tuple(proxy_order[:3])
+    return BenchmarkAnalysis(
+        benchmark=benchmark, n=len(common),
+        spearman=corr["spearman"], kendall=corr["kendall"], pearson=corr["pearson"],
+        proxy_best=pick, truth_best=truth_best,
+        top1_hit=pick in best, top3_hit=bool(best & set(top3)),
+        regret=float(t[truth_best] - t[pick]), proxy_top3=top3, proxy_scores=p, truth_scores=t,
+    )
+
+
+def _is_uniform(weights: Mapping[str, float]) -> bool:
+    values = list(weights.values())
+    return bool(values) and all(abs(w - 1.0 / len(values)) <= WEIGHT_TOLERANCE for w in values)
+
+
+def _is_single(weights: Mapping[str, float]) -> bool:
+    return any(abs(w - 1.0) <= WEIGHT_TOLERANCE for w in weights.values())
+
+
+def _ranks(order: Sequence[str]) -> dict[str, int]:
+    return {m: i + 1 for i, m in enumerate(order)}
+
+
+def analyze(
+    proxy_records: Iterable[JournalRecord],
+    truth_records: Iterable[JournalRecord] | None = None,
+    benchmark_weights: Mapping[str, float] | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Analysis:
+    """Rank the proxy's mixtures, recommend one, and, with truth records, judge the proxy.
+
+    ``proxy_records`` keeps its ``proxy`` records, ``truth_records`` its ``truth`` ones (the same journal
+    may be passed for both). Raises :class:`ConfigError` for an empty proxy journal, truth records that
+    share no mixture with the proxy, and benchmark weights naming unknown benchmarks.
+    """
+    proxy = Scores.from_records(proxy_records, "proxy")
+    if not proxy.scores:
+        raise ConfigError(
+            "the proxy journal has no proxy scores; run the sweep first (or point at its journal.jsonl)"
+        )
+    if not proxy.benchmarks:
+        raise ConfigError("the proxy journal has no usable score (all were missing or not numbers); rerun the sweep")
+    weights = normalize_benchmark_weights(benchmark_weights, proxy.benchmarks)
+    used = tuple(b for b, w in weights.items() if w > 0)
+    agg = proxy.aggregate(weights)
+    incomplete = {m: tuple(b) for m, b in proxy.missing(used).items()}
+    if not agg:
+        raise ConfigError(
+            f"no mixture has a score on every weighted benchmark ({', '.join(used)}); finish the sweep "
+            "(rerun it: it skips what is done) or weight only the benchmarks it has"
+        )
+
+    rankings: dict[str, tuple[str, ...]] = {b: tuple(rank(proxy.column(b))) for b in proxy.benchmarks}
+    rankings[AGGREGATE] = tuple(rank(agg))
+    proxy_rank = _ranks(rankings[AGGREGATE])
+
+    truth_cmp: TruthComparison | None = None
+    truth_agg: dict[str, float] = {}
+    truth_scores_by_mix: dict[str, dict[str, float]] = {}
+    truth_rank: dict[str, int] = {}
+    if truth_records is not None:
+        truth_cmp, truth_agg, truth_scores_by_mix = _compare_truth(
+            proxy, Scores.from_records(truth_records, "truth"), weights, n_boot=n_boot, seed=seed,
+            confidence=confidence,
+        )
+        truth_rank = _ranks(rank(truth_agg))
+
+    rows = []
+    for m in list(rankings[AGGREGATE]) + sorted(set(proxy.mixture_ids) - set(agg)):
+        rows.append(MixtureResult(
+            mixture_id=m, weights=dict(proxy.weights[m]), scores=dict(sorted(proxy.scores[m].items())),
+            aggregate=agg.get(m), rank=proxy_rank.get(m),
+            truth_scores=dict(sorted(truth_scores_by_mix.get(m, {}).items())), truth_aggregate=truth_agg.get(m),
+            truth_rank=truth_rank.get(m),
+        ))
+    by_id = {r.mixture_id: r for r in rows}
+
+    baselines = []
+    uniform = sorted(m for m in proxy.mixture_ids if _is_uniform(proxy.weights[m]))
+    uniform_ranked = [m for m in rankings[AGGREGATE] if m in uniform] or uniform
+    baselines.append(_baseline("uniform", by_id.get(uniform_ranked[0]) if uniform_ranked else None))
+    singles = [m for m in rankings[AGGREGATE] if _is_single(proxy.weights[m])]
+    singles += sorted(m for m in proxy.mixture_ids if m not in agg and _is_single(proxy.weights[m]))
+    baselines.append(_baseline("best_single_expert", by_id.get(singles[0]) if singles else None))
+
+    return Analysis(
+        domains=proxy.domains, benchmarks=proxy.benchmarks, benchmark_weights=weights,
+        mixtures=tuple(rows), rankings=rankings, recommended=by_id[rankings[AGGREGATE][0]],
+        incomplete=incomplete, baselines=tuple(baselines), truth=truth_cmp,
+    )
+
+
+def _baseline(name: str, row: MixtureResult | None) -> Baseline:
+    if row is None:
+        return Baseline(name, None, None, None, None)
+    return Baseline(name, row.mixture_id, dict(row.weights), row.aggregate, row.rank,
+                    row.truth_aggregate, row.truth_rank)
+
+
+def _compare_truth(
+    proxy: Scores, truth: Scores, weights: Mapping[str, float], *, n_boot: int, seed: int, confidence: float,
+) -> tuple[TruthComparison, dict[str, float], dict[str, dict[str, float]]]:
+    if not truth.scores:
+        raise ConfigError(
+            "the truth journal has no truth scores; evaluate the trained models first (records of mode "
+            "'truth'), or leave the truth journal out"
+        )
+    common = [m for m in proxy.mixture_ids if m in truth.scores]
+    only_proxy = tuple(m for m in proxy.mixture_ids if m not in truth.scores)
+    only_truth = tuple(m for m in truth.mixture_ids if m not in proxy.scores)
+    if not common:
+        sample = ", ".join(truth.mixture_ids[:3])
+        raise ConfigError(
+            f"the truth journal shares no mixture with the proxy journal (truth has {sample}"
+            f"{', ...' if len(truth.mixture_ids) > 3 else ''}); truth runs must use the sweep's mixtures, "
+            "with the same mixture_id (same experts, in the same order, same weights)"
+        )
+    if only_proxy:
+        logger.warning("%d mixture(s) have no truth run and are left out of the comparison: %s",
+                       len(only_proxy), ", ".join(only_proxy))
+    if only_truth:
+        logger.warning("%d truth mixture(s) are not in the proxy journal and are left out: %s",
+                       len(only_truth), ", ".join(only_truth))
+    extra = [b for b in truth.benchmarks if b not in proxy.benchmarks]
+    if extra:
+        logger.warning("truth benchmarks the proxy has no score for (ignored): %s", ", ".join(extra))
+    shared = [b for b in proxy.benchmarks if b in truth.benchmarks]
+    missing = tuple(b for b in proxy.benchmarks if b not in truth.benchmarks)
+    per_bench = []
+    for b in shared:
+        p = {m: s for m, s in proxy.column(b).items() if m in truth.scores}
+        t = {m: s for m, s in truth.column(b).items() if m in proxy.scores}
+        per_bench.append(compare(p, t, b, n_boot=n_boot, seed=seed, confidence=confidence))
+
+    agg_benchmarks = tuple(b for b in shared if weights.get(b, 0) > 0)
+    if not agg_benchmarks:
+        raise ConfigError(
+            f"the truth journal has none of the weighted benchmarks ({', '.join(b for b, w in weights.items() if w > 0)}); "
+            "evaluate the trained models on the sweep's benchmarks"
+        )
+    if set(agg_benchmarks) != {b for b, w in weights.items() if w > 0}:
+        logger.warning("truth lacks %s: the proxy-truth aggregate comparison uses only %s",
+                       ", ".join(missing), ", ".join(agg_benchmarks))
+    sub = {b: weights[b] for b in agg_benchmarks}
+    # Same benchmarks and weights on both sides, so the aggregates are comparable.
+    p_agg = proxy.aggregate(sub, warn=False)
+    t_agg_all = truth.aggregate(sub)
+    p_agg = {m: s for m, s in p_agg.items() if m in truth.scores}
+    t_agg = {m: s for m, s in t_agg_all.items() if m in proxy.scores}
+    aggregate = compare(p_agg, t_agg, AGGREGATE, n_boot=n_boot, seed=seed, confidence=confidence)
+    truth_scores = {m: dict(truth.scores[m]) for m in common}
+    comparison = TruthComparison(
+        n_matched=len(common), only_proxy=only_proxy, only_truth=only_truth, benchmarks=tuple(per_bench),
+        aggregate=aggregate, aggregate_benchmarks=agg_benchmarks, missing_truth_benchmarks=missing,
+        n_boot=n_boot, seed=seed, confidence=confidence,
+    )
+    return comparison, t_agg, truth_scores

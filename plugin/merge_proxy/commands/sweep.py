@@ -1,0 +1,37 @@
+"""``merge-proxy sweep RECIPE.yaml``: score every mixture's proxy on every benchmark, resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="score mixtures with merged proxies (or trained models: mode truth) into a resumable journal",
+        description="One base load, an in-place re-merge per mixture, lmms-eval in process; results are appended "
+        "to DIR/journal.jsonl as they come, and a rerun skips what is there.",
+    )
+    p.add_argument("recipe", help="recipe YAML (see recipes/ in the package)")
+    p.add_argument("--out", help="output directory (default: the recipe's output_dir)")
+    p.add_argument("--dry-run", action="store_true", help="list the work left, run nothing")
+    p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), help="override the recipe's executor")
+    p.add_argument("--shards", type=int, help="number of jobs for slurm/submitit-local (default: the recipe's)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from merge_proxy.sweep import plan, run_sweep
+
+    if args.dry_run:
+        p = plan(args.recipe, args.out)
+        print(f"sweep {p.recipe.name} ({p.recipe.mode}): {p.done} of {p.total} scores done; "
+              f"journal: {p.recipe.output_dir / 'journal.jsonl'}")
+        print("experts: " + ", ".join(f"{n}={s}" for n, s in p.sources.items()))
+        for item in p.items:
+            label = f"  {item.mixture.key()}" + (f"  [{item.model}]" if item.model else "")
+            print(f"{label}: {', '.join(b.task for b in item.benchmarks)}")
+        return 0
+    journal = run_sweep(args.recipe, args.out, executor=args.executor, shards=args.shards)
+    print(f"journal: {journal.path} ({len(journal.records())} records)")
+    return 0

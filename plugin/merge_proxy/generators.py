@@ -1,0 +1,96 @@
+"""Candidate mixtures: simplex grids, the reference protocol's sets, Dirichlet draws, explicit lists.
+
+Every generator returns :class:`~merge_proxy.mixture.Mixture` objects validated by the one mixture
+parser, in the experts' order, with weights summing to 1 exactly enough for a ``linear`` merge.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+
+import numpy as np
+
+from merge_proxy.errors import ConfigError
+from merge_proxy.mixture import Mixture, make_mixture
+from merge_proxy.resources import paper_mixtures
+
+#: The reference protocol's sets: name -> number of domains.
+PAPER_SETS = {"two_domain": 2, "three_domain": 3, "four_domain": 4}
+#: How many mixtures of each set the paper reports (7 + 21 + 20 = 48).
+REPORTED = {"two_domain": 7, "three_domain": 21, "four_domain": 20}
+
+
+def grid(names: Sequence[str], step: float | str, interior: bool = False) -> list[Mixture]:
+    """Every point of the simplex with coordinates on multiples of ``step`` (e.g. 0.125 = 1/8).
+
+    ``interior`` keeps only mixtures where every domain has a positive weight: with step 1/8 that is
+    the reference protocol's 7 (two domains) and 21 (three domains) mixtures.
+    """
+    frac = Fraction(str(step)).limit_denominator(10_000)
+    if frac <= 0 or frac > 1 or (1 / frac).denominator != 1:
+        raise ConfigError(f"grid step {step} must divide 1 evenly (e.g. 0.5, 0.25, 0.125, 0.1)")
+    k = int(1 / frac)
+    low = 1 if interior else 0
+    mixtures = []
+    for parts in itertools.product(range(low, k + 1), repeat=len(names) - 1):
+        last = k - sum(parts)
+        if last < low:
+            continue
+        counts = (*parts, last)
+        mixtures.append(Mixture(tuple((n, c / k) for n, c in zip(names, counts))))
+    if not mixtures:
+        raise ConfigError(f"an interior grid with step {step} has no point for {len(names)} domains; use a finer step")
+    return mixtures
+
+
+def paper(names: Sequence[str], set_name: str, include_uniform: bool = False) -> list[Mixture]:
+    """The reference protocol's mixtures (7 two-, 21 three-, 20 four-domain), by domain name."""
+    data = paper_mixtures()
+    if set_name not in PAPER_SETS:
+        raise ConfigError(f"unknown paper set {set_name!r}; choose one of: {', '.join(PAPER_SETS)}")
+    entry = data[set_name]
+    domains = entry["domains"]
+    if sorted(names) != sorted(domains):
+        raise ConfigError(
+            f"paper set {set_name} mixes the domains {', '.join(domains)}, but the experts are named "
+            f"{', '.join(names)}; name the experts after these domains"
+        )
+    rows = entry["mixtures"]
+    # The file lists the reported mixtures, then (three and four domains) one uniform mixture that
+    # the paper did not report; the two-domain set's 0.5/0.5 is among the reported ones.
+    if not include_uniform:
+        rows = rows[: REPORTED[set_name]]
+    return [make_mixture(dict(zip(domains, r["weights"])), list(names)) for r in rows]
+
+
+def dirichlet(names: Sequence[str], n: int, alpha: float | Sequence[float] = 1.0, seed: int = 0,
+              decimals: int = 4) -> list[Mixture]:
+    """``n`` draws from Dirichlet(alpha), rounded to ``decimals`` with the last weight absorbing the
+    rounding so that every mixture sums to 1 (as the reference four-domain set does)."""
+    if n < 1:
+        raise ConfigError(f"dirichlet n must be at least 1, not {n}")
+    alphas = [float(alpha)] * len(names) if np.isscalar(alpha) else [float(a) for a in alpha]
+    if len(alphas) != len(names) or min(alphas) <= 0:
+        raise ConfigError(f"dirichlet alpha must be one positive number or one per expert ({len(names)})")
+    rng = np.random.default_rng(seed)
+    mixtures = []
+    for draw in rng.dirichlet(alphas, size=n):
+        rounded = [round(float(x), decimals) for x in draw[:-1]]
+        rounded.append(round(1.0 - sum(rounded), decimals))
+        mixtures.append(make_mixture(dict(zip(names, rounded)), list(names)))
+    return mixtures
+
+
+def explicit(names: Sequence[str], items: Sequence[Mapping[str, float] | str]) -> list[Mixture]:
+    return [make_mixture(dict(item) if isinstance(item, Mapping) else item, list(names)) for item in items]
+
+
+def unique(mixtures: Sequence[Mixture]) -> list[Mixture]:
+    """Drop repeated mixtures (same key), keeping the first occurrence's order."""
+    seen: dict[str, Mixture] = {}
+    for m in mixtures:
+        seen.setdefault(m.key(), m)
+    return list(seen.values())
+

@@ -1,0 +1,117 @@
+"""The sweep journal: one JSON line per (mixture x benchmark), appended atomically, read tolerantly.
+
+A sweep can be killed at any moment (SLURM pre-emption, Ctrl-C). Each record is written with a single
+``write`` of one complete line to a file opened in append mode and fsync'ed, so a record is either
+wholly there or not at all; a torn last line (a crash inside the write) is ignored when reading and
+redone by the next run. A rerun skips every (mixture, benchmark) already in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "merge-proxy/journal"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """One scored (mixture, benchmark) pair, for a merged proxy (``proxy``) or a trained model (``truth``)."""
+
+    mode: str
+    mixture_id: str
+    weights: dict[str, float]
+    benchmark: str
+    score: float
+    """The benchmark's primary metric (the one ranked on)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+    experts: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    """For ``truth``: the pinned source of the checkpoint trained on this mixture."""
+    lmms_eval_version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.mixture_id, self.benchmark)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JournalRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Journal:
+    """Append-only JSONL file of :class:`JournalRecord`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def records(self) -> list[JournalRecord]:
+        return list(self._iter())
+
+    def _iter(self) -> Iterator[JournalRecord]:
+        if not self.path.is_file():
+            return
+        with self.path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.endswith("\n"):
+                    logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", self.path, number)
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("%s:%d: ignoring a line that is not JSON", self.path, number)
+                    continue
+                if data.get("schema") != SCHEMA:
+                    continue
+                yield JournalRecord.from_dict(data)
+
+    def done(self) -> set[tuple[str, str]]:
+        return {r.key for r in self._iter()}
+
+    def append(self, record: JournalRecord) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[JournalRecord]) -> None:
+        """Append complete lines in one write; repair a torn last line first so records never fuse."""
+        payload = "".join(r.to_json() + "\n" for r in records)
+        if not payload:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, payload.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            fh.truncate(cut)
+            logger.warning("%s: dropped an incomplete last line left by an interrupted write", self.path)

@@ -1,0 +1,213 @@
+"""The report's figures, drawn from an :class:`~merge_proxy.analysis.Analysis`.
+
+Which figure helps depends on the sweep: with 2 domains a mixture is one number (the first domain's
+weight) and a line per benchmark shows the whole landscape; with 3 domains the mixtures fill a triangle
+(the simplex) and a ternary heat map shows where the good region is; with truth runs, a proxy-vs-truth
+scatter shows at a glance whether the proxy ranks like the real models.
+
+matplotlib is imported inside the functions (the package stays import-light) and only through
+``Figure`` and the Agg canvas, never ``pyplot``: no GUI backend, no global state changed in the caller's
+process. File names are fixed, so a report's Markdown can link them and reruns overwrite nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from merge_proxy.analysis import Analysis, BenchmarkAnalysis
+
+SCORE_VS_WEIGHT = "score_vs_weight.png"
+TERNARY = "ternary_aggregate.png"
+PROXY_VS_TRUTH = "proxy_vs_truth.png"
+DPI = 110
+_SQRT3_2 = math.sqrt(3) / 2
+
+
+def require_matplotlib() -> None:
+    """Fail early, with the install command, when matplotlib is missing (it is not a core dependency)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from merge_proxy.errors import MissingDependencyError
+
+        raise MissingDependencyError("matplotlib", "dev", "drawing the report's plots") from None
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    # No "Software" entry: the bytes then depend on the data, not on the matplotlib version.
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_score_vs_weight(analysis: Analysis, out_dir: str | Path) -> Path:
+    """2 domains: score against the first domain's weight, a line per benchmark and the aggregate.
+
+    Truth scores (when given) are drawn as hollow markers in the same colour as their proxy line; the
+    recommended mixture is marked with a dashed vertical line.
+    """
+    if len(analysis.domains) != 2:
+        raise ValueError(f"score_vs_weight needs 2 domains, the sweep has {len(analysis.domains)}")
+    first, second = analysis.domains
+    fig = _figure(8.5, 4.2)
+    ax = fig.add_subplot()
+    series = [*analysis.benchmarks, "aggregate"]
+    for name, color in zip(series, _colors(len(series))):
+        agg = name == "aggregate"
+        pts, truth_pts = [], []
+        for m in analysis.mixtures:
+            w = m.weights[first]
+            value = m.aggregate if agg else m.scores.get(name)
+            if value is not None:
+                pts.append((w, value))
+            tv = m.truth_aggregate if agg else m.truth_scores.get(name)
+            if tv is not None:
+                truth_pts.append((w, tv))
+        if pts:
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color="black" if agg else color,
+                    lw=2.6 if agg else 1.4, label=f"{name} (proxy)" if truth_pts else name)
+        if truth_pts:
+            ax.scatter([p[0] for p in truth_pts], [p[1] for p in truth_pts], marker="D", s=40,
+                       facecolors="none", edgecolors="black" if agg else color, lw=1.4, label=f"{name} (truth)")
+    rec = analysis.recommended
+    ax.axvline(rec.weights[first], ls="--", color="grey", lw=1)
+    ax.annotate("recommended", (rec.weights[first], 1.0), xycoords=("data", "axes fraction"),
+                ha="center", va="bottom", fontsize=8, color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"weight of {first} (weight of {second} = 1 - x)")
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, Path(out_dir) / SCORE_VS_WEIGHT)
+
+
+def barycentric_to_xy(a: float, b: float, c: float) -> tuple[float, float]:
+    """Simplex point (weights of corners 0, 1, 2) -> plane: corner 0 at (0, 0), 1 at (1, 0), 2 on top."""
+    total = a + b + c
+    a, b, c = a / total, b / total, c / total
+    return b + c / 2, c * _SQRT3_2
+
+
+def plot_ternary(analysis: Analysis, out_dir: str | Path) -> Path:
+    """3 domains: the aggregate proxy score over the simplex, corners labelled by domain.
+
+    Colour between the mixtures is linear interpolation on their Delaunay triangulation (``tripcolor``),
+    drawn only when the points span an area; the mixtures themselves are always drawn as dots, the
+    recommended one as a star.
+    """
+    if len(analysis.domains) != 3:
+        raise ValueError(f"the ternary plot needs 3 domains, the sweep has {len(analysis.domains)}")
+    import numpy as np
+    from matplotlib.tri import Triangulation
+
+    names = analysis.domains
+    rows = [m for m in analysis.mixtures if m.aggregate is not None]
+    xy = np.array([barycentric_to_xy(*(m.weights[d] for d in names)) for m in rows])
+    z = np.array([m.aggregate for m in rows])
+    fig = _figure(6.0, 5.4)
+    ax = fig.add_subplot()
+    vmin, vmax = (float(z.min()), float(z.max())) if z.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    mappable = None
+    if len(rows) >= 3:
+        try:
+            tri = Triangulation(xy[:, 0], xy[:, 1])
+            mappable = ax.tripcolor(tri, z, shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax)
+        except (RuntimeError, ValueError):  # collinear or repeated points: no area to fill
+            mappable = None
+    if len(rows):
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=z, cmap="viridis", vmin=vmin, vmax=vmax, s=36,
+                        edgecolors="white", linewidths=0.8, zorder=3)
+        mappable = mappable or sc
+    rec = analysis.recommended
+    rx, ry = barycentric_to_xy(*(rec.weights[d] for d in names))
+    ax.scatter([rx], [ry], marker="*", s=260, c="red", edgecolors="black", zorder=4, label="recommended")
+    corners = [(0.0, 0.0), (1.0, 0.0), (0.5, _SQRT3_2)]
+    ax.plot([p[0] for p in corners + corners[:1]], [p[1] for p in corners + corners[:1]], color="black", lw=1)
+    offsets = [(-0.04, -0.05, "right"), (1.04, -0.05, "left"), (0.5, _SQRT3_2 + 0.04, "center")]
+    for name, (x, y, ha) in zip(names, offsets):
+        ax.text(x, y, name, ha=ha, va="center", fontsize=11, fontweight="bold")
+    if mappable is not None:
+        fig.colorbar(mappable, ax=ax, shrink=0.8, label="aggregate proxy score")
+    ax.set_aspect("equal")
+    ax.set_xlim(-0.2, 1.2)
+    ax.set_ylim(-0.12, _SQRT3_2 + 0.12)
+    ax.axis("off")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("aggregate proxy score over the mixtures")
+    return _save(fig, Path(out_dir) / TERNARY)
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+
+def _scatter_panel(ax, comp: BenchmarkAnalysis) -> None:
+    ids = sorted(comp.proxy_scores)
+    x = [comp.proxy_scores[m] for m in ids]
+    y = [comp.truth_scores[m] for m in ids]
+    ax.scatter(x, y, s=28, color="tab:blue", alpha=0.8)
+    if comp.proxy_best is not None:
+        ax.scatter([comp.proxy_scores[comp.proxy_best]], [comp.truth_scores[comp.proxy_best]], marker="*",
+                   s=200, c="red", edgecolors="black", zorder=3, label="proxy's pick")
+    if comp.truth_best is not None:
+        ax.scatter([comp.proxy_scores[comp.truth_best]], [comp.truth_scores[comp.truth_best]], marker="o",
+                   s=160, facecolors="none", edgecolors="green", lw=2, zorder=3, label="truth's best")
+    rho = comp.spearman
+    ax.set_title(f"{comp.benchmark}: Spearman {_fmt(rho.value)} [{_fmt(rho.low)}, {_fmt(rho.high)}], "
+                 f"n={comp.n}", fontsize=9)
+    ax.set_xlabel("proxy score", fontsize=8)
+    ax.set_ylabel("truth score", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
+def plot_proxy_vs_truth(analysis: Analysis, out_dir: str | Path) -> Path:
+    """Any number of domains, with truth: proxy against truth, the aggregate then each benchmark."""
+    if analysis.truth is None:
+        raise ValueError("proxy_vs_truth needs truth records")
+    panels = [analysis.truth.aggregate, *analysis.truth.benchmarks]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(3.6 * ncols, 3.2 * nrows)
+    for i, comp in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        _scatter_panel(ax, comp)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best")
+    return _save(fig, Path(out_dir) / PROXY_VS_TRUTH)
+
+
+def write_plots(analysis: Analysis, out_dir: str | Path) -> list[Path]:
+    """Every figure that applies to this sweep, written into ``out_dir``; returns their paths."""
+    require_matplotlib()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if len(analysis.domains) == 2:
+        written.append(plot_score_vs_weight(analysis, out))
+    if len(analysis.domains) == 3:
+        written.append(plot_ternary(analysis, out))
+    if analysis.truth is not None and analysis.truth.aggregate.n > 0:
+        written.append(plot_proxy_vs_truth(analysis, out))
+    return written

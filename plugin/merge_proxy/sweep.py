@@ -1,0 +1,297 @@
+"""Scoring many mixtures on many benchmarks: one base load, an in-place re-merge per mixture.
+
+The sweep evaluates through lmms-eval in this process with one :class:`~merge_proxy.lmms_model.MergeProxy`
+instance, re-merged for every mixture (no checkpoint per mixture), and appends one journal record per
+(mixture, benchmark) as soon as it is scored; a rerun skips what the journal holds, so a killed sweep
+loses at most the benchmark in flight. ``mode: truth`` scores models really trained on mixtures into
+the same journal schema. Shards of mixtures can run as SLURM jobs through submitit; each shard writes
+its own journal file, gathered into the main one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from merge_proxy.errors import ConfigError, MissingDependencyError
+from merge_proxy.journal import Journal, JournalRecord
+from merge_proxy.mixture import Mixture, make_mixture
+from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.jsonl"
+SHARD_DIR = "shards"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One mixture and the benchmarks still to score for it (``model``: a truth checkpoint)."""
+
+    mixture: Mixture
+    benchmarks: tuple[Benchmark, ...]
+    model: str | None = None
+
+
+def expert_sources(recipe: Recipe) -> dict[str, str]:
+    """name -> source: the recipe's list, or one expert per domain found on the Hub by tags."""
+    if recipe.experts:
+        return dict(recipe.experts)
+    from merge_proxy.search import find_experts
+
+    query = recipe.experts_query or {}
+    sources: dict[str, str] = {}
+    for domain in query["domains"]:
+        found = find_experts(base=query.get("base"), domain=domain, author=query.get("author"))
+        if len(found) != 1:
+            names = ", ".join(f.repo for f in found) or "none"
+            raise ConfigError(
+                f"{recipe.path}: experts query found {len(found)} experts for domain {domain!r} ({names}); "
+                "list the experts explicitly under experts: NAME: SOURCE"
+            )
+        sources[domain] = f"{found[0].repo}@{found[0].sha}" if found[0].sha else found[0].repo
+    return sources
+
+
+def candidate_items(recipe: Recipe, names: Sequence[str]) -> list[WorkItem]:
+    """Every (mixture, all benchmarks) of the recipe, before the journal is consulted."""
+    benchmarks = tuple(recipe.benchmarks)
+    if recipe.mode == "truth":
+        return [WorkItem(make_mixture(t.weights, list(t.weights), recipe.method), benchmarks, t.model)
+                for t in recipe.truth]
+    return [WorkItem(m, benchmarks) for m in expand_mixtures(recipe, list(names))]
+
+
+def gather(out_dir: Path) -> Journal:
+    """Fold shard journals into the main journal (once per key), so every reader sees one file."""
+    journal = Journal(out_dir / JOURNAL_FILE)
+    done = journal.done()
+    for shard in sorted((out_dir / SHARD_DIR).glob("*.jsonl")):
+        fresh = [r for r in Journal(shard).records() if r.key not in done]
+        journal.append_many(fresh)
+        done.update(r.key for r in fresh)
+    return journal
+
+
+def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
+    out = []
+    for item in items:
+        todo = tuple(b for b in item.benchmarks if (item.mixture.key(), b.task) not in done)
+        if todo:
+            out.append(WorkItem(item.mixture, todo, item.model))
+    return out
+
+
+def _primary_metric(task_results: dict[str, Any], benchmark: Benchmark) -> tuple[float, dict[str, float]]:
+    metrics = {k: float(v) for k, v in task_results.items()
+               if isinstance(v, (int, float)) and "," in k and "_stderr" not in k}
+    if not metrics:
+        raise ConfigError(f"lmms-eval reported no metric for {benchmark.task}")
+    if benchmark.metric:
+        key = next((k for k in metrics if k.split(",")[0] == benchmark.metric), None)
+        if key is None:
+            names = ", ".join(sorted({k.split(",")[0] for k in metrics}))
+            raise ConfigError(f"benchmark {benchmark.task} has no metric {benchmark.metric!r}; it reports: {names}")
+    else:
+        key = next(iter(metrics))
+    return metrics[key], metrics
+
+
+class Evaluator:
+    """lmms-eval in this process, with one merged-proxy instance re-merged per mixture."""
+
+    def __init__(self, recipe: Recipe, sources: dict[str, str]) -> None:
+        try:
+            from lmms_eval.evaluator import simple_evaluate  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("lmms-eval", "lmms-eval", "merge-proxy sweep") from None
+        from lmms_eval.tasks import TaskManager
+
+        self.recipe = recipe
+        self.sources = sources
+        self.tasks = TaskManager(include_path=str(recipe.include_path) if recipe.include_path else None)
+        missing = [b.task for b in recipe.benchmarks if b.task not in self.tasks.all_tasks]
+        if missing:
+            raise ConfigError(
+                f"{recipe.path}: lmms-eval knows no task {', '.join(missing)}; check the name or include_path"
+            )
+        self._proxy = None
+
+    def _model_args(self) -> dict[str, Any]:
+        args = dict(self.recipe.backend_args)
+        if self.recipe.backend:
+            args["backend"] = self.recipe.backend
+        return args
+
+    def proxy(self, mixture: Mixture):
+        """The one merged model of the sweep, built on first use, then re-merged in place."""
+        from merge_proxy.lmms_model import MergeProxy
+
+        if self._proxy is None:
+            self._proxy = MergeProxy(
+                pretrained=self.recipe.base, experts=";".join(f"{n}={s}" for n, s in self.sources.items()),
+                weights=mixture.key().replace(",", ";"), method=self.recipe.method,
+                scale=self.recipe.scale, **self._model_args(),
+            )
+        else:
+            self._proxy.remerge(mixture)
+        return self._proxy
+
+    def truth_model(self, source: str):
+        """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
+        merge), a full checkpoint is loaded by the backend as is."""
+        from merge_proxy.experts import ExpertSpec, resolve
+        from merge_proxy.lmms_model import MergeProxy
+
+        resolved = resolve(ExpertSpec.parse(source))
+        if resolved.kind == "lora":
+            return MergeProxy(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
+                              **self._model_args()), resolved.pinned_source
+        from lmms_eval import models
+
+        backend = self.recipe.backend or MergeProxy._default_backend(resolved)
+        cls = models.get_model(backend, force_simple=True)
+        model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
+        # evaluate() ends with lm.clean(), which deletes the loaded module; keep it for the next
+        # benchmark, as MergeProxy.clean does.
+        model.clean = gc.collect
+        return model, resolved.pinned_source
+
+    def score(self, model, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
+        from lmms_eval.evaluator import simple_evaluate
+
+        out = simple_evaluate(model=model, tasks=[benchmark.task], task_manager=self.tasks, limit=benchmark.limit,
+                              log_samples=False, bootstrap_iters=0, verbosity="WARNING")
+        return _primary_metric(out["results"][benchmark.task], benchmark)
+
+
+def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    base = {"source": model.base.source, "pinned": model.base.pinned_source, "revision": model.base.revision}
+    experts = [{"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision}
+               for e in model.experts]
+    return base, experts
+
+
+def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str]) -> int:
+    """Score the items in this process, appending each result as soon as it exists."""
+    from importlib.metadata import version
+
+    from tqdm.auto import tqdm
+
+    evaluator = Evaluator(recipe, sources)
+    lmms_version = version("lmms-eval")
+    total = sum(len(i.benchmarks) for i in items)
+    written = 0
+    with tqdm(total=total, desc=f"sweep {recipe.name}", unit="score") as bar:
+        for item in items:
+            started = time.perf_counter()
+            if item.model is None:
+                model = evaluator.proxy(item.mixture)
+                pinned_model = None
+            else:
+                model, pinned_model = evaluator.truth_model(item.model)
+            merge_s = time.perf_counter() - started
+            base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
+            for benchmark in item.benchmarks:
+                t0 = time.perf_counter()
+                score, metrics = evaluator.score(model, benchmark)
+                journal.append(JournalRecord(
+                    mode=recipe.mode, mixture_id=item.mixture.key(), weights=item.mixture.as_dict(),
+                    benchmark=benchmark.task, score=score, metrics=metrics, base=base, experts=experts,
+                    model=pinned_model, lmms_eval_version=lmms_version,
+                    timings={"merge_s": round(merge_s, 4), "eval_s": round(time.perf_counter() - t0, 4)},
+                ))
+                written += 1
+                merge_s = 0.0
+                bar.update(1)
+    return written
+
+
+def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: int) -> int:
+    """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = load_recipe(recipe_path, output_dir=out_dir)
+    sources = expert_sources(recipe)
+    out = Path(out_dir)
+    shard_journal = Journal(out / SHARD_DIR / f"shard-{shard:04d}.jsonl")
+    done = gather(out).done() | shard_journal.done()
+    wanted = set(mixture_keys)
+    items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
+    return run_items(recipe, pending(items, done), shard_journal, sources)
+
+
+def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int) -> None:
+    try:
+        import submitit
+    except ImportError:
+        raise MissingDependencyError("submitit", "slurm", "executor slurm") from None
+    keys = [i.mixture.key() for i in items]
+    n = max(1, min(shards, len(keys)))
+    chunks = [keys[i::n] for i in range(n)]
+    executor = submitit.AutoExecutor(folder=out / "submitit", cluster="local" if executor_type == "submitit-local" else "slurm")
+    params = dict(recipe.executor.slurm)
+    mapped: dict[str, Any] = {"timeout_min": int(params.pop("timeout_min", 240))}
+    for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
+                        ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
+                        ("array_parallelism", "slurm_array_parallelism"), ("account", "slurm_account"),
+                        ("qos", "slurm_qos")):
+        if key in params:
+            mapped[target] = params[key]
+    if executor_type == "submitit-local":
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("slurm_") and k != "gpus_per_node"}
+    executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
+    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, list(range(n)))
+    logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
+    failures = []
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001 - report every failed shard, then fail once
+            failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+    gather(out)
+    if failures:
+        raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
+                          "rerun the same command to finish the remaining work")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    recipe: Recipe
+    sources: dict[str, str]
+    items: list[WorkItem]
+    done: int
+    total: int
+
+
+def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPlan:
+    recipe = load_recipe(recipe_path, output_dir=out_dir)
+    sources = expert_sources(recipe)
+    items = candidate_items(recipe, list(sources))
+    done = gather(recipe.output_dir).done() if recipe.output_dir.exists() else set()
+    todo = pending(items, done)
+    total = sum(len(i.benchmarks) for i in items)
+    return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total)
+
+
+def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, executor: str | None = None,
+              shards: int | None = None) -> Journal:
+    """Score everything the recipe asks for that the journal does not hold yet."""
+    p = plan(recipe_path, out_dir)
+    out = p.recipe.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(p.recipe.path.read_text(encoding="utf-8"), encoding="utf-8")
+    journal = Journal(out / JOURNAL_FILE)
+    logger.info("sweep %s: %d of %d scores done, %d mixtures to go", p.recipe.name, p.done, p.total, len(p.items))
+    if not p.items:
+        return journal
+    kind = executor or p.recipe.executor.type
+    if kind == "local":
+        run_items(p.recipe, p.items, journal, p.sources)
+    else:
+        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards)
+    return journal

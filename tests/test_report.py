@@ -1,0 +1,285 @@
+"""merge_proxy.report and merge_proxy.plots: report.md, analysis.json, plots and the Hub result card."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from merge_proxy.errors import ConfigError
+from merge_proxy.journal import Journal, JournalRecord
+from merge_proxy.mixture import Mixture
+from merge_proxy.report import render_report, result_card_context, write_report
+
+PAPER_MIXTURES = Path("/work/shared/reference/paper_mixtures.json")
+BENCHMARKS = ("chartqa", "mmbench", "ocrbench")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _paper(key: str) -> tuple[list[str], list[list[float]]]:
+    if not PAPER_MIXTURES.is_file():
+        pytest.skip(f"{PAPER_MIXTURES} is not available")
+    ref = json.loads(PAPER_MIXTURES.read_text())[key]
+    return list(ref["domains"]), [list(m["weights"]) for m in ref["mixtures"]]
+
+
+def _experts(domains):
+    experts = [{"name": d, "source": f"org/{d}-expert", "pinned": f"org/{d}-expert@{SHA}", "revision": SHA,
+                "kind": "lora"} for d in domains]
+    experts[-1] = {"name": domains[-1], "source": "/data/local-expert", "pinned": "/data/local-expert",
+                   "revision": None, "kind": "full"}
+    return experts
+
+
+def _sweep(tmp_path: Path, key: str, *, truth_every: int = 1, skip_truth: int = 2, seed: int = 0):
+    """Synthetic proxy and truth journals over the paper's mixtures.
+
+    Scores are a random linear function of the weights per benchmark; truth = proxy + noise. Truth is
+    missing for every ``skip_truth``-th mixture. Returns (proxy path, truth path, proxy table, truth table).
+    """
+    domains, mixtures = _paper(key)
+    rng = np.random.default_rng(seed)
+    coef = {b: rng.uniform(0.2, 0.9, len(domains)) for b in BENCHMARKS}
+    experts = _experts(domains)
+    proxy_tab, truth_tab, precs, trecs = {}, {}, [], []
+    for i, w in enumerate(mixtures):
+        mix = Mixture.from_mapping(dict(zip(domains, w)))
+        proxy_tab[mix.key()] = {}
+        for b in BENCHMARKS:
+            s = float(np.dot(coef[b], w) + rng.normal(0, 0.02))
+            proxy_tab[mix.key()][b] = s
+            precs.append(JournalRecord("proxy", mix.key(), mix.as_dict(), b, s, experts=experts,
+                                       base={"source": "Qwen/Qwen2-VL-2B-Instruct", "revision": SHA}))
+            if skip_truth and i % skip_truth == skip_truth - 1:
+                continue
+            t = s + float(rng.normal(0, 0.03))
+            truth_tab.setdefault(mix.key(), {})[b] = t
+            trecs.append(JournalRecord("truth", mix.key(), mix.as_dict(), b, t, model=f"org/trained-{i}@{SHA}"))
+    pj, tj = Journal(tmp_path / "proxy.jsonl"), Journal(tmp_path / "truth.jsonl")
+    pj.append_many(precs)
+    tj.append_many(trecs)
+    return pj.path, tj.path, proxy_tab, truth_tab
+
+
+def _assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+def _render_card(ctx: dict) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from merge_proxy.resources import card_template
+
+    data = ModelCardData(tags=["merge-proxy"])
+    return str(ModelCard.from_template(data, template_str=card_template("result"), **ctx))
+
+
+EXPECTED_PLOTS = {
+    "two_domain": {"score_vs_weight.png", "proxy_vs_truth.png"},
+    "three_domain": {"ternary_aggregate.png", "proxy_vs_truth.png"},
+    "four_domain": {"proxy_vs_truth.png"},
+}
+
+
+@pytest.mark.parametrize("key", ["two_domain", "three_domain", "four_domain"])
+def test_report_and_card_render(tmp_path, key):
+    proxy, truth, proxy_tab, truth_tab = _sweep(tmp_path, key)
+    out = tmp_path / "report"
+    result = write_report(proxy, truth, out, n_boot=200, seed=0)
+
+    # the recommendation is the best equal-weight mean, computed here independently
+    means = {m: np.mean([s[b] for b in BENCHMARKS]) for m, s in proxy_tab.items()}
+    best = max(means, key=means.get)
+    assert result.analysis.recommended.mixture_id == best
+    assert result.out_dir == out.absolute()
+    assert sorted(p.name for p in out.iterdir()) == sorted({"report.md", "analysis.json"} | EXPECTED_PLOTS[key])
+    assert {p.name for p in result.plots} == EXPECTED_PLOTS[key]
+    for p in result.plots:
+        _assert_png(p)
+    assert not list(tmp_path.glob(".report.partial-*"))
+
+    md = result.report.read_text()
+    assert f"**`{best}`**" in md
+    for name in EXPECTED_PLOTS[key]:
+        assert re.search(rf"!\[[^\]]+\]\({re.escape(name)}\)", md), name
+    assert "## Proxy vs truth" in md
+    assert "Spearman" in md and "regret" in md
+    ranking = md.split("## Ranking")[1].split("\n## ")[0]
+    rows = [line for line in ranking.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r.split("|")[1]) for r in rows] == list(range(1, len(proxy_tab) + 1))
+    missing_truth = sorted(set(proxy_tab) - set(truth_tab))
+    assert missing_truth
+    for m in missing_truth:
+        assert f"`{m}`" in md.split("Without a truth run")[1].split("\n\n")[0]
+
+    data = json.loads(result.analysis_json.read_text())
+    assert data["schema"] == "merge-proxy/analysis" and data["schema_version"] == 1
+    assert data["recommended"]["mixture_id"] == best
+    assert data["recommended"]["aggregate"] == pytest.approx(means[best])
+    assert len(data["mixtures"]) == len(proxy_tab)
+    assert [m["rank"] for m in data["mixtures"]] == list(range(1, len(proxy_tab) + 1))
+    assert sorted(data["truth"]["only_proxy"]) == missing_truth
+    assert data["truth"]["n_matched"] == len(truth_tab)
+    assert set(data["plots"]) == EXPECTED_PLOTS[key]
+    assert data["inputs"]["proxy_journal"] == str(proxy)
+    agg = data["truth"]["aggregate"]
+    assert agg["n"] == len(truth_tab)
+    assert agg["spearman"]["low"] <= agg["spearman"]["value"] <= agg["spearman"]["high"]
+
+    ctx = result_card_context(result.analysis, Journal(proxy).records(), title="Mixture search test")
+    card = _render_card(ctx)
+    domains, _ = _paper(key)
+    assert "# Mixture search test" in card
+    assert card.startswith("---\n") and "merge-proxy" in card.split("---")[1]
+    for d in domains:
+        assert f"`{d}`: {result.analysis.recommended.weights[d]:.4f}" in card
+    assert f"{result.analysis.recommended.aggregate:.4f}" in card
+    assert f"`org/{domains[0]}-expert` | `{SHA}`" in card
+    assert "`/data/local-expert` | `local`" in card
+    assert "## How well the proxy ranks mixtures" in card
+    assert f"| aggregate | {agg['spearman']['value']:.3f} |" in card
+    assert [e["name"] for e in ctx["experts"]] == domains
+    assert {"name", "source", "pinned", "revision"} <= set(ctx["experts"][0])
+    assert ctx["experts"][0]["pinned"] == f"org/{domains[0]}-expert@{SHA}"
+    assert ctx["base"]["source"] == "Qwen/Qwen2-VL-2B-Instruct"
+
+
+def test_report_without_truth(tmp_path):
+    proxy, _, proxy_tab, _ = _sweep(tmp_path, "three_domain")
+    result = write_report(proxy, None, tmp_path / "out", title="Proxy only")
+    assert {p.name for p in result.plots} == {"ternary_aggregate.png"}
+    assert not (tmp_path / "out" / "proxy_vs_truth.png").exists()
+    md = result.report.read_text()
+    assert md.startswith("# Proxy only\n")
+    assert "Proxy vs truth" not in md and "truth rank" not in md
+    assert "![aggregate proxy score over the simplex](ternary_aggregate.png)" in md
+    data = json.loads(result.analysis_json.read_text())
+    assert data["truth"] is None and data["title"] == "Proxy only"
+    base = {b["name"]: b for b in data["baselines"]}
+    uniform = Mixture.from_mapping({"counting": 0.333333, "general": 0.333333, "ocr": 0.333334}).key()
+    assert base["uniform"]["mixture_id"] == uniform  # matched with tolerance 1e-6
+    assert base["uniform"]["aggregate"] == pytest.approx(np.mean(list(proxy_tab[uniform].values())))
+    assert base["best_single_expert"]["mixture_id"] is None
+    assert "not in the sweep" in md
+
+    ctx = result_card_context(result.analysis, Journal(proxy).records())
+    assert ctx["correlations"] == []
+    card = _render_card(ctx)
+    assert "How well the proxy ranks" not in card
+    assert result.analysis.recommended.mixture_id.split(",")[0].split("=")[0] in card
+
+
+def test_benchmark_weights_change_the_recommendation(tmp_path):
+    proxy, _, proxy_tab, _ = _sweep(tmp_path, "two_domain")
+    only = {}
+    for bench in ("chartqa", "ocrbench"):
+        res = write_report(proxy, None, tmp_path / f"out-{bench}", benchmark_weights={bench: 1.0}, n_boot=0)
+        expected = max(proxy_tab, key=lambda m: proxy_tab[m][bench])
+        assert res.analysis.recommended.mixture_id == expected
+        assert res.analysis.benchmark_weights[bench] == 1.0
+        only[bench] = expected
+    data = json.loads((tmp_path / "out-chartqa" / "analysis.json").read_text())
+    assert data["benchmark_weights"] == {"chartqa": 1.0, "mmbench": 0.0, "ocrbench": 0.0}
+
+
+def test_unknown_benchmark_weight_errors_and_writes_nothing(tmp_path):
+    proxy, _, _, _ = _sweep(tmp_path, "two_domain")
+    with pytest.raises(ConfigError, match=r"unknown benchmark.*'mmmu'.*chartqa"):
+        write_report(proxy, None, tmp_path / "out", benchmark_weights={"mmmu": 1})
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_or_absent_journal_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        write_report(empty, None, tmp_path / "out")
+    with pytest.raises(ConfigError, match="no proxy journal"):
+        write_report(tmp_path / "nope.jsonl", None, tmp_path / "out")
+    truth_only = Journal(tmp_path / "truth_only.jsonl")
+    mix = Mixture.from_mapping({"a": 0.5, "b": 0.5})
+    truth_only.append(JournalRecord("truth", mix.key(), mix.as_dict(), "x", 0.5))
+    with pytest.raises(ConfigError, match="no proxy scores"):
+        write_report(truth_only.path, None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truth_journal_without_the_sweep_mixtures_errors(tmp_path):
+    proxy, _, _, _ = _sweep(tmp_path, "two_domain")
+    other = Journal(tmp_path / "other_truth.jsonl")
+    mix = Mixture.from_mapping({"general": 0.9, "ocr": 0.1})
+    other.append(JournalRecord("truth", mix.key(), mix.as_dict(), "mmbench", 0.5))
+    with pytest.raises(ConfigError, match="shares no mixture"):
+        write_report(proxy, other.path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_non_empty_out_dir_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    proxy, truth, _, _ = _sweep(tmp_path, "two_domain")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        write_report(proxy, truth, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    import merge_proxy.plots
+
+    def boom(analysis, out_dir):
+        (Path(out_dir) / "half.png").write_bytes(b"x")
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(merge_proxy.plots, "write_plots", boom)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_report(proxy, truth, tmp_path / "out2", n_boot=0)
+    assert not (tmp_path / "out2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out2.partial-")]
+
+
+def test_same_journal_for_proxy_and_truth_and_incomplete_mixture(tmp_path):
+    """One journal may hold both modes; a mixture missing a benchmark is listed, not ranked."""
+    j = Journal(tmp_path / "journal.jsonl")
+    recs = []
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        mix = Mixture.from_mapping({"a": w, "b": 1 - w})
+        for b in ("x", "y"):
+            if w == 0.25 and b == "y":
+                continue
+            recs.append(JournalRecord("proxy", mix.key(), mix.as_dict(), b, w * (1 - w) + (0.1 if b == "x" else 0)))
+            recs.append(JournalRecord("truth", mix.key(), mix.as_dict(), b, w * (1 - w) + 0.01 * w))
+    j.append_many(recs)
+    result = write_report(j.path, j.path, tmp_path / "out", n_boot=100)
+    md = result.report.read_text()
+    a = result.analysis
+    assert a.recommended.mixture_id == "a=0.5,b=0.5"
+    assert "Left out of the aggregate ranking" in md
+    assert "`a=0.25,b=0.75`: no score on `y`" in md
+    base = {b.name: b for b in a.baselines}
+    assert base["uniform"].mixture_id == "a=0.5,b=0.5"
+    assert base["best_single_expert"].mixture_id == "a=0,b=1"  # ties at 0.1: by mixture_id
+    assert a.truth.aggregate.n == 4  # the incomplete mixture has no proxy aggregate to compare
+    assert a.truth.aggregate.top1_hit is True and a.truth.aggregate.regret == 0.0
+    assert "| aggregate | 4 |" in md
+
+
+def test_render_report_is_deterministic(tmp_path):
+    proxy, truth, _, _ = _sweep(tmp_path, "two_domain")
+    a = write_report(proxy, truth, tmp_path / "a", n_boot=100, seed=3)
+    b = write_report(proxy, truth, tmp_path / "b", n_boot=100, seed=3)
+    assert a.report.read_text() == b.report.read_text()
+    assert a.analysis_json.read_text().replace(str(tmp_path / "a"), "") == \
+        b.analysis_json.read_text().replace(str(tmp_path / "b"), "")
+    for pa, pb in zip(a.plots, b.plots):
+        assert pa.read_bytes() == pb.read_bytes()
+    assert render_report(a.analysis, [], "T").count("![") == 0

@@ -1,0 +1,212 @@
+"""Recipes, mixture generators and resumable sweeps (in process, killed and resumed, submitit)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from merge_proxy import generators
+from merge_proxy.errors import ConfigError
+from merge_proxy.journal import Journal
+from merge_proxy.recipe import expand_mixtures, load_recipe
+
+SCRIPTS = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "paper_mixtures.json"
+
+
+# -------------------------------------------------------------------------------------- generators
+
+
+def test_paper_sets_equal_the_reference_file():
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else None
+    if reference is None:
+        pytest.skip("../shared/reference/paper_mixtures.json is not beside this checkout")
+    for set_name, count in (("two_domain", 7), ("three_domain", 21), ("four_domain", 20)):
+        domains = reference[set_name]["domains"]
+        ours = generators.paper(domains, set_name)
+        assert len(ours) == count
+        expected = [dict(zip(domains, m["weights"])) for m in reference[set_name]["mixtures"][:count]]
+        assert [m.as_dict() for m in ours] == expected
+    assert sum(len(generators.paper(reference[s]["domains"], s)) for s in generators.PAPER_SETS) == 48
+
+
+def test_grids_sum_to_one_and_interior_grid_is_the_three_domain_set():
+    for names, step, n in ((["a", "b"], 0.5, 3), (["a", "b", "c"], 0.25, 15), (["a", "b", "c", "d"], 0.25, 35)):
+        mixtures = generators.grid(names, step)
+        assert len(mixtures) == n
+        assert all(math.isclose(sum(m.as_dict().values()), 1.0, abs_tol=1e-12) for m in mixtures)
+        assert len({m.key() for m in mixtures}) == n
+    names = ["counting", "general", "ocr"]
+    interior = {m.key() for m in generators.grid(names, 0.125, interior=True)}
+    assert interior == {m.key() for m in generators.paper(names, "three_domain")}
+    assert {m.key() for m in generators.grid(["general", "ocr"], 0.125, interior=True)} == {
+        m.key() for m in generators.paper(["general", "ocr"], "two_domain")}
+    with pytest.raises(ConfigError, match="must divide 1 evenly"):
+        generators.grid(names, 0.3)
+
+
+def test_dirichlet_is_deterministic_rounded_and_sums_to_one():
+    a = generators.dirichlet(["w", "x", "y", "z"], 20, alpha=1.0, seed=3)
+    b = generators.dirichlet(["w", "x", "y", "z"], 20, alpha=1.0, seed=3)
+    c = generators.dirichlet(["w", "x", "y", "z"], 20, alpha=1.0, seed=4)
+    assert [m.key() for m in a] == [m.key() for m in b] != [m.key() for m in c]
+    for m in a:
+        assert math.isclose(sum(m.as_dict().values()), 1.0, abs_tol=1e-9)
+        assert all(round(w, 4) == w for w in m.as_dict().values())
+
+
+def test_shipped_recipes_load_with_the_papers_counts():
+    counts = {"2dom": 7, "3dom": 21, "4dom": 20}
+    recipes = sorted((REPO_ROOT / "recipes").glob("*dom*.yaml"))
+    assert len(recipes) == 24  # 4 base models x 3 sets x (proxy, truth)
+    for path in recipes:
+        recipe = load_recipe(path)
+        n = counts[path.stem.split("-")[2]]
+        assert len(recipe.benchmarks) == 14
+        if recipe.mode == "truth":
+            assert len(recipe.truth) == n
+        else:
+            assert len(expand_mixtures(recipe, list(recipe.experts))) == n
+
+
+# -------------------------------------------------------------------------------------- recipe errors
+
+GOOD = {
+    "name": "t", "base": "ORG/base", "experts": {"a": "ORG/a", "b": "ORG/b"},
+    "mixtures": [{"grid": {"step": 0.5}}], "benchmarks": [{"task": "synth_color"}],
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, r":\d+: bogus: unknown key; allowed: name, base"),
+        ({"base": None}, r":\d+: base: required"),
+        ({"mixtures": [{"gird": {"step": 0.5}}]}, r":\d+: mixtures.0: each item is one of grid:"),
+        ({"benchmarks": [{"task": "x", "wieght": 2}]}, r":\d+: benchmarks.0.wieght: unknown key"),
+        ({"benchmarks": [{"task": "x", "weight": "heavy"}]}, r":\d+: benchmarks.0.weight: must be a number"),
+        ({"method": "ties"}, r":\d+: method: must be one of linear, task_arithmetic"),
+        ({"include_path": "no/such/dir"}, r":\d+: include_path: .* is not a directory"),
+        ({"executor": {"type": "k8s"}}, r":\d+: executor.type: must be local, slurm or submitit-local"),
+        ({"experts": {"bad name": "ORG/x"}}, r":\d+: experts.bad name: invalid expert name"),
+        ({"mode": "truth"}, r":\d+: truth: required"),
+    ],
+)
+def test_recipe_errors_name_file_line_and_key(tmp_path, change, message):
+    data = {**GOOD, **change}
+    data = {k: v for k, v in data.items() if v is not None or k == "base"}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match=str(path).replace(".", r"\.") + message):
+        load_recipe(path)
+
+
+def test_mixture_errors_point_at_the_generator(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "mixtures": [{"grid": {"step": 0.5}}, {"explicit": [{"a": 0.7, "b": 0.7}]}]},
+                                   sort_keys=False))
+    recipe = load_recipe(path)
+    with pytest.raises(ConfigError, match=r"r\.yaml:\d+: mixtures\.1\.explicit: linear merge weights must sum to 1"):
+        expand_mixtures(recipe, ["a", "b"])
+    path.write_text(yaml.safe_dump({**GOOD, "mixtures": [{"paper": "three_domain"}]}, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"mixes the domains counting, general, ocr.*name the experts after"):
+        expand_mixtures(load_recipe(path), ["a", "b"])
+
+
+# -------------------------------------------------------------------------------------- sweeps
+
+
+def write_recipe(tmp_path: Path, tiny_vlm, domains, lora_experts, **extra) -> Path:
+    data = {
+        "name": "tiny", "base": str(tiny_vlm.path),
+        "experts": {"a": str(lora_experts["a"]), "b": str(lora_experts["b"])},
+        "mixtures": [{"grid": {"step": 0.25}}],
+        "benchmarks": [{"task": domains.tasks["color"]}, {"task": domains.tasks["shape"], "weight": 2, "limit": 4}],
+        "include_path": str(domains.lmms_eval_dir),
+        "backend_args": {"device_map": "cpu", "device": "cpu"},
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def sweep(recipe: Path, out: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPTS / "merge-proxy"), "sweep", str(recipe), "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def comparable(path: Path) -> dict:
+    return {r.key: (r.score, r.metrics, r.weights, r.mode) for r in Journal(path).records()}
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path, tiny_vlm, domains, lora_experts):
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
+    full = sweep(recipe, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = comparable(tmp_path / "full" / "journal.jsonl")
+    assert len(reference) == 5 * 2
+    assert len({v[0] for v in reference.values()}) >= 1
+
+    # Kill a second sweep once it has written some records, then resume it.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([str(SCRIPTS / "merge-proxy"), "sweep", str(recipe), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and (not journal.is_file() or len(journal.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(journal.read_text().splitlines())
+    assert 3 <= partial < 10
+    with journal.open("a") as fh:  # a torn line, as a crash inside a write would leave
+        fh.write('{"schema": "merge-proxy/journal", "mixture_id": "a=0')
+    dry = sweep(recipe, out, "--dry-run")
+    assert f"{partial} of 10 scores done" in dry.stdout
+    resumed = sweep(recipe, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert comparable(journal) == reference
+    assert all(line.endswith("}") for line in journal.read_text().splitlines())
+    again = sweep(recipe, out, "--dry-run")
+    assert "10 of 10 scores done" in again.stdout
+
+    shards = sweep(recipe, tmp_path / "submitit", "--executor", "submitit-local", "--shards", "2")
+    assert shards.returncode == 0, shards.stderr[-3000:]
+    assert comparable(tmp_path / "submitit" / "journal.jsonl") == reference
+    assert len(list((tmp_path / "submitit" / "shards").glob("*.jsonl"))) == 2
+
+    record = Journal(journal).records()[0]
+    assert record.mode == "proxy" and record.lmms_eval_version == "0.7.3"
+    assert [e["name"] for e in record.experts] == ["a", "b"]
+    assert record.base["pinned"] == str(tiny_vlm.path)
+
+
+@pytest.mark.slow
+def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vlm, domains, lora_experts, full_experts):
+    recipe = write_recipe(
+        tmp_path, tiny_vlm, domains, lora_experts, mode="truth", mixtures=None,
+        truth=[{"weights": {"a": 0.25, "b": 0.75}, "model": str(lora_experts["c"])},
+               {"weights": {"a": 0.5, "b": 0.5}, "model": str(full_experts["f1"])}],
+    )
+    data = yaml.safe_load(recipe.read_text())
+    data.pop("mixtures")
+    recipe.write_text(yaml.safe_dump(data))
+    proc = sweep(recipe, tmp_path / "truth")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = Journal(tmp_path / "truth" / "journal.jsonl").records()
+    assert {(r.mixture_id, r.benchmark) for r in records} == {
+        (m, t) for m in ("a=0.25,b=0.75", "a=0.5,b=0.5") for t in (domains.tasks["color"], domains.tasks["shape"])}
+    assert {r.mode for r in records} == {"truth"}
+    assert {r.model for r in records} == {str(lora_experts["c"]), str(full_experts["f1"])}
