@@ -22,5 +22,8 @@ test: install
 demo: install
 	$(VENV)/bin/merge-proxy demo
 
+benchmark: install
+	$(PY) benchmarks/merge_speed.py
+
 clean:
 	rm -rf build dist plugin/*.egg-info .pytest_cache

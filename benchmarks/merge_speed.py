@@ -69,6 +69,8 @@ CHILD_TIMEOUT_S = 1800
 SAMPLE_INTERVAL_S = 0.02
 #: A path whose run saw other processes use more than this share of its wall time in CPU is flagged.
 CONTENTION_SHARE = 0.25
+#: Result keys that repeat another entry (the mergekit run the targets use).
+ALIASES = frozenset({"mergekit_used"})
 PAGE_CACHE_NOTE = (
     "OS page cache: warm for every path (all inputs are read once right before each measurement); "
     "outputs are not fsync'ed by any path."
@@ -1016,14 +1018,20 @@ def format_table(r: dict[str, Measurement], baseline_rss: int | None) -> str:
     return "\n".join(lines)
 
 
-def contention_warning(r: dict[str, Measurement]) -> str:
-    """Name the paths whose timing shared the cores: their times (and ratios) are not to be trusted."""
-    shared = [k for k, m in r.items() if m.ok and m.others_cpu_s is not None and m.process_s
-              and m.others_cpu_s > CONTENTION_SHARE * m.process_s]
+def contention_warning(r: dict[str, Measurement], threads: int, cpus: int) -> str:
+    """Name the paths whose timing shared the cores: their times (and ratios) are not to be trusted.
+
+    A path running ``threads`` threads on ``cpus`` cores leaves ``cpus - threads`` cores free; other
+    processes using more than those (plus a margin) took CPU time from it.
+    """
+    free = max(0, cpus - threads) + CONTENTION_SHARE
+    shared = [k for k, m in r.items() if k not in ALIASES and m.ok and m.others_cpu_s is not None
+              and m.process_s and m.others_cpu_s > free * m.process_s]
     if not shared:
         return ""
-    return (f"WARNING: other processes used the CPU during {', '.join(shared)} (column 'other'); their times are "
-            "inflated, with 2 PyTorch threads many times over. Rerun on an idle machine, or with --threads 1.")
+    advice = "Rerun on an idle machine" + (", or with --threads 1." if threads > 1 else ".")
+    return (f"WARNING: other processes used the CPU this run needed during {', '.join(shared)} (column 'other'); "
+            f"those times are inflated (with {threads} PyTorch threads on {cpus} cores). {advice}")
 
 
 def format_stages(r: dict[str, Measurement]) -> str:
@@ -1164,7 +1172,7 @@ def print_report(report: dict) -> None:
           "venv; RssAnon/RssFile: sampled peaks every 20 ms (RssFile = memory-mapped files).")
     print()
     print(format_table(r, r["baseline"].peak_rss if "baseline" in r and r["baseline"].ok else None))
-    warning = contention_warning(r)
+    warning = contention_warning(r, meta["torch_threads"], meta["cpu_count"] or 1)
     if warning:
         print(warning)
     print()

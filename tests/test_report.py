@@ -14,16 +14,15 @@ from merge_proxy.journal import Journal, JournalRecord
 from merge_proxy.mixture import Mixture
 from merge_proxy.report import render_report, result_card_context, write_report
 
-PAPER_MIXTURES = Path("/work/shared/reference/paper_mixtures.json")
 BENCHMARKS = ("chartqa", "mmbench", "ocrbench")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _paper(key: str) -> tuple[list[str], list[list[float]]]:
-    if not PAPER_MIXTURES.is_file():
-        pytest.skip(f"{PAPER_MIXTURES} is not available")
-    ref = json.loads(PAPER_MIXTURES.read_text())[key]
+    from merge_proxy.resources import paper_mixtures
+
+    ref = paper_mixtures()[key]  # the copy shipped with the package
     return list(ref["domains"]), [list(m["weights"]) for m in ref["mixtures"]]
 
 
@@ -145,10 +144,10 @@ def test_report_and_card_render(tmp_path, key):
     for d in domains:
         assert f"`{d}`: {result.analysis.recommended.weights[d]:.4f}" in card
     assert f"{result.analysis.recommended.aggregate:.4f}" in card
-    assert f"`org/{domains[0]}-expert` | `{SHA}`" in card
-    assert "`/data/local-expert` | `local`" in card
+    assert f"| `{domains[0]}` | `org/{domains[0]}-expert` | `org/{domains[0]}-expert@{SHA}` | `{SHA}` |" in card
+    assert "`/data/local-expert` | `/data/local-expert` | local directory |" in card
     assert "## How well the proxy ranks mixtures" in card
-    assert f"| aggregate | {agg['spearman']['value']:.3f} |" in card
+    assert f"| aggregate | {agg['n']} | {agg['spearman']['value']:.3f} [" in card
     assert [e["name"] for e in ctx["experts"]] == domains
     assert {"name", "source", "pinned", "revision"} <= set(ctx["experts"][0])
     assert ctx["experts"][0]["pinned"] == f"org/{domains[0]}-expert@{SHA}"
@@ -283,3 +282,23 @@ def test_render_report_is_deterministic(tmp_path):
     for pa, pb in zip(a.plots, b.plots):
         assert pa.read_bytes() == pb.read_bytes()
     assert render_report(a.analysis, [], "T").count("![") == 0
+
+
+def test_card_experts_come_from_proxy_records_only(tmp_path):
+    recs = []
+    experts = [{"name": n, "source": f"org/{n}", "pinned": f"org/{n}@{SHA}", "revision": SHA} for n in ("a", "b")]
+    for w in (0.25, 0.5, 0.75):
+        mix = Mixture.from_mapping({"a": w, "b": 1 - w})
+        recs.append(JournalRecord("proxy", mix.key(), mix.as_dict(), "x", w, experts=experts,
+                                  base={"source": "base-proxy"}))
+        recs.append(JournalRecord("truth", mix.key(), mix.as_dict(), "x", w,
+                                  experts=[{"name": "truth", "source": "org/t", "pinned": "org/t@1", "revision": "1"}],
+                                  base={"source": "base-truth"}))
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append_many(recs)
+    result = write_report(j.path, j.path, tmp_path / "out", n_boot=50)
+    ctx = result_card_context(result.analysis, j.records())
+    assert [e["name"] for e in ctx["experts"]] == ["a", "b"]
+    assert ctx["base"] == {"source": "base-proxy"}
+    assert ctx["recommended"]["mixture_id"] == "a=0.75,b=0.25"
+    assert [c["benchmark"] for c in ctx["correlations"]] == ["aggregate", "x"]

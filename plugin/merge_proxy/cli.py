@@ -22,6 +22,7 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "merge_proxy.commands.experts",
     "merge_proxy.commands.merge",
     "merge_proxy.commands.sweep",
+    "merge_proxy.commands.report",
     "merge_proxy.demo",
 )
 

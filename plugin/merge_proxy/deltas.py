@@ -186,6 +186,10 @@ class FullExpertReader:
     def params(self) -> set[str]:
         return set(self._where)
 
+    def close(self) -> None:
+        """Drop the memory maps: their touched pages count in RSS until then."""
+        self._handles.clear()
+
     def tensor(self, param: str) -> torch.Tensor:
         file, key = self._where[param]
         return self._handle(file).get_tensor(key)

@@ -1,17 +1,15 @@
-"""``merge-proxy demo``: the largest end-to-end path that exists, offline, on the built-in tiny default.
+"""``merge-proxy demo``: the main job end to end, offline, on the built-in tiny default.
 
-Until the mixture demo lands (sweep, truth runs and report), the demo runs the offline kit the way the
-main job will: a tiny Qwen2-VL, synthetic visual domains, one LoRA expert per domain trained by the
-real LLaMA-Factory through ``merge-proxy train`` (an ``expert:`` block publishes it to the Hub emulator
-with its card and expert.json), each found there by its tags, then
-merged proxies (each expert alone, the uniform mixture) scored on every domain by the real
-``lmms-eval --model merge_proxy``, which fetches the experts from the emulator by commit sha.
+A tiny Qwen2-VL and three synthetic visual domains; one LoRA expert per domain trained by the real
+LLaMA-Factory through ``merge-proxy train`` and published to the built-in Hub emulator; a sweep over
+the three-domain grid scoring merged proxies with the real lmms-eval (experts found on the Hub by
+their tags); a few models really trained on mixtures, scored as truth; a report with correlations
+and plots; the result card pushed to the Hub. Every step runs the same commands a user runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -21,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merge_proxy.errors import ConfigError
+import yaml
+
+from merge_proxy.errors import ConfigError, MergeProxyError
 
 logger = logging.getLogger(__name__)
 
@@ -29,53 +29,67 @@ DEMO_DOMAINS: tuple[str, ...] = ("color", "count", "shape")
 _MARKER = ".merge-proxy-demo"
 
 
+@dataclass(frozen=True)
+class DemoScale:
+    """How much the demo trains and scores; ``small`` is what CI runs."""
+
+    train: int
+    eval: int
+    expert_steps: int
+    truth_steps: int
+    grid_step: float
+    truth_mixtures: tuple[tuple[float, float, float], ...]
+
+
+SCALES = {
+    "default": DemoScale(train=96, eval=16, expert_steps=150, truth_steps=150, grid_step=0.25,
+                         truth_mixtures=((0.5, 0.25, 0.25), (0.25, 0.5, 0.25), (0.25, 0.25, 0.5),
+                                         (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))),
+    "small": DemoScale(train=48, eval=8, expert_steps=100, truth_steps=100, grid_step=0.5,
+                       truth_mixtures=((0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5), (1.0, 0.0, 0.0))),
+}
+
+
 @dataclass
 class DemoResult:
-    """Where the demo put things and the scores it measured (domain task -> model -> exact match)."""
-
     out_dir: Path
-    base_model: Path
     endpoint: str
     experts: dict[str, str] = field(default_factory=dict)
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    recommended: str = ""
+    recommended_score: float = 0.0
+    spearman: float | None = None
+    report: Path | None = None
+    results_url: str = ""
+    seconds: float = 0.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo",
-        help="run the main job offline on the built-in tiny default",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        "demo", help="run the main job offline on the built-in tiny default",
+        description=(__doc__ or "").split("\n\n")[1],
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory (default: demo-out)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model, data and training (default: 0)")
-    p.add_argument("--steps", type=int, default=30, help="LoRA training steps per expert (default: 30)")
+    p.add_argument("--scale", choices=tuple(SCALES), default="default", help="default, or small (CI)")
+    p.add_argument("--endpoint", help="a Hub endpoint to use instead of the built-in emulator")
+    p.add_argument("--namespace", help="user or organisation to publish to on --endpoint (default: whoami)")
     p.set_defaults(handler=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
-    result = run_demo(args.out, seed=args.seed, steps=args.steps)
-    tasks = sorted(result.scores)
-    models = ["base"] + sorted(result.experts) + ["uniform"]
-    width = max(len(m) for m in [*models, "exact match"]) + 2
-    lines = [
+    result = run_demo(args.out, seed=args.seed, scale=args.scale, endpoint=args.endpoint, namespace=args.namespace)
+    spearman = "n/a" if result.spearman is None else f"{result.spearman:.3f}"
+    print("\n".join([
         "",
-        "merge-proxy demo: the mixture sweep, truth runs and report are not built yet (issues 6-7);",
-        "this ran the largest path that exists: tiny Qwen2-VL -> synthetic domains -> LoRA experts",
-        "trained and published by merge-proxy train -> the Hub emulator -> lmms-eval --model merge_proxy",
-        "fetching them by commit and scoring merged proxies (each expert alone, and the uniform mix).",
-        "",
-        "exact match".ljust(width) + "".join(t.ljust(16) for t in tasks),
-    ]
-    for model in models:
-        lines.append(model.ljust(width) + "".join(f"{result.scores[t][model]:<16.3f}" for t in tasks))
-    lines += [
-        "",
-        f"outputs:        {result.out_dir}",
-        f"base model:     {result.base_model}",
-        f"experts on hub: " + ", ".join(f"{d}={r}" for d, r in sorted(result.experts.items())),
-        f"scores:         {result.out_dir / 'scores.json'}",
-    ]
-    print("\n".join(lines))
+        f"merge-proxy demo finished in {result.seconds:.0f} s",
+        f"recommended mixture:  {result.recommended} (proxy aggregate {result.recommended_score:.4f})",
+        f"proxy vs truth:       Spearman {spearman} on the aggregate",
+        f"report:               {result.report}",
+        f"proxy journal:        {result.out_dir / 'sweep' / 'journal.jsonl'}",
+        f"truth journal:        {result.out_dir / 'truth' / 'journal.jsonl'}",
+        "experts on the Hub:   " + ", ".join(f"{d}={r}" for d, r in sorted(result.experts.items())),
+        f"result card:          {result.results_url}",
+    ]))
     return 0
 
 
@@ -89,81 +103,115 @@ def _prepare_out_dir(out: Path) -> None:
     (out / _MARKER).write_text("made by merge-proxy demo; deleted and rewritten by the next run\n")
 
 
-def _train_expert(base: Path, layout, domain: str, out: Path, seed: int, steps: int, repo_id: str,
-                  base_id: str, env: dict[str, str]) -> None:
-    """`merge-proxy train` with an expert: block: LLaMA-Factory trains, the callback publishes."""
-    import yaml
-
-    from merge_proxy.testing.training import tiny_sft_config
-
-    config = tiny_sft_config(
-        base, layout.llamafactory_dir, layout.train_datasets[domain], out / "experts" / domain,
-        max_steps=steps, seed=seed, learning_rate=5e-3,
-    )
-    config["expert"] = {"domain": domain, "repo_id": repo_id, "base_model": base_id, "private": True}
-    cfg_path = out / "configs" / f"{domain}.yaml"
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log_path = out / "logs" / f"train-{domain}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cli = Path(sys.executable).with_name("merge-proxy")
-    with log_path.open("w") as log:
-        proc = subprocess.run([str(cli), "train", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, **env})
+def _run(cmd: list[str], log: Path, env: dict[str, str], what: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env})
     if proc.returncode != 0:
-        raise RuntimeError(f"merge-proxy train failed for {domain}; see {log_path}")
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise MergeProxyError(f"{what} failed ({tail[0][:200]}); full log: {log}")
 
 
-def run_demo(out_dir: Path, seed: int = 0, steps: int = 30) -> DemoResult:
-    """Run the kit demo into ``out_dir`` (rewritten if an earlier demo made it)."""
+def _cli_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _mixture_name(weights: dict[str, float]) -> str:
+    return "_".join(f"{d}{round(w * 100)}" for d, w in weights.items())
+
+
+def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str | None = None,
+             namespace: str | None = None) -> DemoResult:
+    """Run the whole job into ``out_dir`` (rewritten if an earlier demo made it)."""
+    from contextlib import nullcontext
+
     from huggingface_hub import HfApi
 
+    from merge_proxy.resources import recipe_path
     from merge_proxy.testing.domains import write_domains
     from merge_proxy.testing.hub import HubEmulator
-    from merge_proxy.testing.lmms import run_lmms_eval
     from merge_proxy.testing.tiny_vlm import build_tiny_vlm
+    from merge_proxy.testing.training import tiny_mixture_config, tiny_sft_config
 
+    size = SCALES[scale]
     out = out_dir.resolve()
     _prepare_out_dir(out)
     started = time.monotonic()
+    logger.info("building the tiny Qwen2-VL and the synthetic domains %s", ", ".join(DEMO_DOMAINS))
     base = build_tiny_vlm(out / "base", seed=seed).path
-    layout = write_domains(out / "data", DEMO_DOMAINS, train=64, eval=16, seed=seed)
-    result = DemoResult(out_dir=out, base_model=base, endpoint="")
-
-    with HubEmulator(out / "hub") as hub:
-        result.endpoint = hub.endpoint
-        api = HfApi(endpoint=hub.endpoint, token=hub.token)
-        user = api.whoami()["name"]
+    layout = write_domains(out / "data", DEMO_DOMAINS, train=size.train, eval=size.eval, seed=seed)
+    hub_cm = nullcontext(None) if endpoint else HubEmulator(out / "hub")
+    with hub_cm as hub:
+        if hub is not None:
+            env = hub.client_env(hf_home=str(out / "hf-home"))
+            api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        else:
+            env = {"HF_ENDPOINT": endpoint}
+            api = HfApi(endpoint=endpoint)
+        result = DemoResult(out_dir=out, endpoint=env["HF_ENDPOINT"])
+        user = namespace or api.whoami()["name"]
         base_id = f"{user}/tiny-qwen2-vl"
-        env = hub.client_env(hf_home=str(out / "hf-home"))
-        pinned: dict[str, str] = {}
-        for domain in DEMO_DOMAINS:
-            logger.info("merge-proxy train: the %s expert (%d steps), published to the Hub emulator", domain, steps)
-            repo_id = f"{user}/tiny-qwen2-vl-{domain}-expert"
-            _train_expert(base, layout, domain, out, seed, steps, repo_id, base_id, env)
-            found = [m.id for m in api.list_models(filter=["merge-proxy-expert", f"merge-proxy-domain:{domain}"])]
-            if found != [repo_id]:
-                raise RuntimeError(f"the Hub emulator found {found} for domain {domain}, expected [{repo_id}]")
-            sha = api.model_info(repo_id).sha
-            pinned[domain] = f"{repo_id}@{sha}"
-            result.experts[domain] = f"{repo_id}@{sha[:10]}"
 
-        # lmms-eval fetches the experts from the emulator by commit and merges them in memory.
-        experts_arg = ";".join(f"{d}={src}" for d, src in pinned.items())
-        mixtures = {d: {e: float(e == d) for e in DEMO_DOMAINS} for d in DEMO_DOMAINS}
-        mixtures["uniform"] = {e: round(1 / len(DEMO_DOMAINS), 10) for e in DEMO_DOMAINS}
-        tasks = [layout.tasks[d] for d in DEMO_DOMAINS]
-        cpu = "device_map=cpu,device=cpu"
-        runs = {"base": ("qwen2_vl", f"pretrained={base},{cpu}")}
-        for name, weights in mixtures.items():
-            weights_arg = ";".join(f"{e}={w}" for e, w in weights.items())
-            runs[name] = ("merge_proxy", f"pretrained={base},experts={experts_arg},weights={weights_arg},{cpu}")
-        for name, (model, model_args) in runs.items():
-            logger.info("lmms-eval --model %s: %s on %s", model, name, ", ".join(tasks))
-            run = run_lmms_eval(model, model_args, tasks, out / "eval" / name,
-                                include_path=layout.lmms_eval_dir, env=env)
-            for task in tasks:
-                result.scores.setdefault(task, {})[name] = run.metric(task)
-    (out / "scores.json").write_text(json.dumps(result.scores, indent=2, sort_keys=True) + "\n")
-    logger.info("demo finished in %.0f s", time.monotonic() - started)
+        for domain in DEMO_DOMAINS:
+            logger.info("merge-proxy train: the %s expert (%d steps), published to the Hub", domain, size.expert_steps)
+            config = tiny_sft_config(base, layout.llamafactory_dir, layout.train_datasets[domain],
+                                     out / "experts" / domain, max_steps=size.expert_steps, seed=seed,
+                                     learning_rate=1e-2)
+            config["expert"] = {"domain": domain, "repo_id": f"{user}/tiny-qwen2-vl-{domain}-expert",
+                                "base_model": base_id, "private": True}
+            cfg = _write_yaml(out / "configs" / f"expert-{domain}.yaml", config)
+            _run([_cli_path("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
+                 f"merge-proxy train ({domain})")
+            repo = f"{user}/tiny-qwen2-vl-{domain}-expert"
+            result.experts[domain] = f"{repo}@{api.model_info(repo).sha[:10]}"
+
+        recipe = yaml.safe_load(recipe_path("demo").read_text(encoding="utf-8"))
+        recipe["experts"]["query"]["base"] = base_id
+        recipe["mixtures"] = [{"grid": {"step": size.grid_step}}]
+        proxy_recipe = _write_yaml(out / "demo.yaml", recipe)
+        logger.info("merge-proxy sweep: merged proxies over the %g grid", size.grid_step)
+        _run([_cli_path("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
+
+        truth_entries = []
+        for i, mix in enumerate(size.truth_mixtures):
+            weights = dict(zip(DEMO_DOMAINS, mix))
+            name = _mixture_name(weights)
+            logger.info("llamafactory-cli train: a model really trained on %s", name)
+            # Trained with another seed than the experts, so a one-domain truth model is an
+            # independent run, not the expert itself.
+            config = tiny_mixture_config(base, layout.llamafactory_dir,
+                                         {layout.train_datasets[d]: w for d, w in weights.items()},
+                                         out / "truth-models" / name, max_steps=size.truth_steps,
+                                         seed=seed + 1000 + i, learning_rate=1e-2)
+            cfg = _write_yaml(out / "configs" / f"truth-{name}.yaml", config)
+            _run([_cli_path("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
+                 f"training on mixture {name}")
+            truth_entries.append({"weights": weights, "model": f"truth-models/{name}"})
+        truth_recipe = {**recipe, "name": "demo-truth", "mode": "truth", "truth": truth_entries, "output_dir": "truth"}
+        truth_recipe.pop("mixtures")
+        truth_path = _write_yaml(out / "demo-truth.yaml", truth_recipe)
+        logger.info("merge-proxy sweep: the %d trained models, as truth", len(truth_entries))
+        _run([_cli_path("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
+
+        from merge_proxy.results import make_report, push_results
+
+        report = make_report(out / "sweep", out / "truth", out / "report", title="merge-proxy demo: tiny Qwen2-VL")
+        result.report = report.report
+        rec = report.analysis.recommended
+        result.recommended, result.recommended_score = rec.mixture_id, rec.aggregate
+        if report.analysis.truth is not None:
+            result.spearman = report.analysis.truth.aggregate.correlations["spearman"].value
+        from merge_proxy.hub import HubOptions
+
+        hub_options = HubOptions(endpoint=env["HF_ENDPOINT"], token=hub.token if hub is not None else None)
+        result.results_url = push_results(out / "sweep", f"{user}/tiny-mixture-search", truth=out / "truth",
+                                          report_dir=out / "report", hub=hub_options)
+    result.seconds = time.monotonic() - started
+    logger.info("demo finished in %.0f s", result.seconds)
     return result

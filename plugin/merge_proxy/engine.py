@@ -104,6 +104,7 @@ class MergePlan:
         are read from their memory map one at a time.
         """
         acc = theta0.to(torch.float32, copy=True)
+        full_total = 0.0
         for name, weight in mixture.weights:
             coef = method.coefficient(weight)
             if coef == 0.0:
@@ -118,9 +119,14 @@ class MergePlan:
                     acc.addmm_(B, A, alpha=coef * factor.scaling)
             reader = self.full.get(name)
             if reader is not None and param in reader.params:
-                theta_i = reader.tensor(param).to(device=acc.device, dtype=torch.float32)
-                acc.add_(theta_i - theta0.to(torch.float32), alpha=coef)
-        if not torch.isfinite(acc).all():
+                # sum_i c_i (theta_i - theta_0) as sum_i c_i theta_i - (sum_i c_i) theta_0: no float32
+                # temporaries per expert (in-place add promotes bf16 to float32 as it goes).
+                acc.add_(reader.tensor(param).to(acc.device), alpha=coef)
+                full_total += coef
+        if full_total:
+            acc.add_(theta0, alpha=-full_total)
+        # One reduction instead of an elementwise mask: inf or nan anywhere makes the sum non-finite.
+        if not torch.isfinite(acc.sum()):
             raise MergeError(f"merged {param!r} has non-finite values; check the experts' weights for inf/nan")
         return acc.to(theta0.dtype)
 

@@ -31,7 +31,7 @@ DTYPES: dict[str, torch.dtype | None] = {
     "float32": torch.float32,
 }
 PROVENANCE_FILE = "merge_proxy.json"
-DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 _NOT_COPIED = {"README.md", ".gitattributes", "model.safetensors.index.json", "pytorch_model.bin.index.json",
                "expert.json", PROVENANCE_FILE}
@@ -181,6 +181,10 @@ def export_full(
                 bar.update(1)
             save_file(tensors, staging / fname, metadata={"format": "pt"})
             del tensors
+            # Unmap what this shard read, so mapped checkpoint pages do not pile up across shards.
+            handles_cache.clear()
+            for reader in plan.full.values():
+                reader.close()
         if len(shards) > 1:
             total = sum((staging / f).stat().st_size for f in set(weight_map.values()))
             (staging / "model.safetensors.index.json").write_text(

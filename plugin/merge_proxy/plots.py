@@ -27,13 +27,14 @@ _SQRT3_2 = math.sqrt(3) / 2
 
 
 def require_matplotlib() -> None:
-    """Fail early, with the install command, when matplotlib is missing (it is not a core dependency)."""
+    """Fail early, with the install command, when matplotlib is missing (an environment that
+    installed merge-proxy without its dependencies)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         from merge_proxy.errors import MissingDependencyError
 
-        raise MissingDependencyError("matplotlib", "dev", "drawing the report's plots") from None
+        raise MissingDependencyError("matplotlib", "report", "drawing the report's plots") from None
 
 
 def _figure(width: float, height: float):

@@ -229,7 +229,10 @@ def write_report(
 
 def _experts(records: Iterable[JournalRecord], order: tuple[str, ...]) -> list[dict[str, Any]]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
+    records = list(records)
+    # truth records list the trained checkpoint as an "expert" named truth; the card's experts are the proxy's
+    proxy_records = [r for r in records if r.mode == "proxy"] or records
+    for r in proxy_records:
         for e in r.experts or []:
             name = str(e.get("name", ""))
             pinned = str(e.get("pinned") or e.get("source") or "")
@@ -272,7 +275,8 @@ def result_card_context(
                 row[f"{method}_high"] = corr.high
             row.update(top1_hit=comp.top1_hit, top3_hit=comp.top3_hit, regret=comp.regret)
             correlations.append(row)
-    base = next((r.base for r in records if r.base), {})
+    base = next((r.base for r in records if r.base and r.mode == "proxy"), None) or \
+        next((r.base for r in records if r.base), {})
     return {
         "title": title or default_title(analysis),
         "recommended": {
@@ -286,4 +290,6 @@ def result_card_context(
         "n_mixtures": len(analysis.mixtures),
         "baselines": [asdict(b) for b in analysis.baselines],
         "correlations": correlations,
+        "confidence": analysis.truth.confidence if analysis.truth else None,
+        "n_boot": analysis.truth.n_boot if analysis.truth else None,
     }

@@ -76,6 +76,9 @@ class TinyVLMSpec:
     vision_embed_dim: int = 32
     vision_num_heads: int = 2
     bpe_vocab_size: int = 512
+    #: Larger than Qwen's 0.02: at width 64 a 0.02 output head caps every logit near 1, so a
+    #: LoRA on the frozen head's inputs could never become confident and the domains unlearnable.
+    initializer_range: float = 0.2
     min_pixels: int = 56 * 56
     max_pixels: int = 112 * 112
     mrope_section: tuple[int, int, int] = field(default=(2, 3, 3))
@@ -139,6 +142,7 @@ def _config(spec: TinyVLMSpec, vocab_size: int, ids: dict[str, int]):
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
+            initializer_range=spec.initializer_range,
         ),
         vision_config=dict(
             depth=spec.vision_depth,
@@ -155,6 +159,7 @@ def _config(spec: TinyVLMSpec, vocab_size: int, ids: dict[str, int]):
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
+        initializer_range=spec.initializer_range,
     )
 
 

@@ -56,3 +56,25 @@ def tiny_sft_config(
     }
     config.update(overrides)
     return config
+
+
+def tiny_mixture_config(
+    model_dir: str | Path,
+    dataset_dir: str | Path,
+    datasets: dict[str, float],
+    output_dir: str | Path,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A LoRA SFT config training on a data mixture, the way LLaMA-Factory users mix datasets.
+
+    ``datasets`` maps LLaMA-Factory dataset names to mixture weights; zero-weight datasets are left
+    out, and several datasets are interleaved with those probabilities (``interleave_under``), so the
+    realised proportions are approximately the weights.
+    """
+    used = {name: w for name, w in datasets.items() if w > 0}
+    config = tiny_sft_config(model_dir, dataset_dir, list(used), output_dir, **overrides)
+    if len(used) > 1:
+        total = sum(used.values())
+        config["mix_strategy"] = "interleave_under"
+        config["interleave_probs"] = ",".join(f"{w / total:.6g}" for w in used.values())
+    return config

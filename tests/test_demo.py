@@ -1,0 +1,42 @@
+"""`merge-proxy demo` at its smallest scale: the main job end to end, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(sys.executable).parent
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_recommends_a_mixture(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([str(SCRIPTS / "merge-proxy"), "demo", "--scale", "small", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recommended = re.search(r"recommended mixture:\s+(\S+)", proc.stdout).group(1)
+    report = (out / "report" / "report.md").read_text()
+    assert f"**`{recommended}`**" in report
+    assert "## Proxy vs truth" in report
+    for png in ("score_vs_weight.png", "ternary_aggregate.png", "proxy_vs_truth.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report
+    proxy = [json.loads(line) for line in (out / "sweep" / "journal.jsonl").read_text().splitlines()]
+    truth = [json.loads(line) for line in (out / "truth" / "journal.jsonl").read_text().splitlines()]
+    assert len(proxy) == 6 * 3 and len(truth) == 4 * 3  # grid step 0.5 over 3 domains; 4 trained mixtures
+    assert any(r["score"] > 0 for r in proxy)  # the experts learned something: scores are not all zero
+    assert {r["experts"][0]["pinned"].split("@")[0] for r in proxy} == {"tester/tiny-qwen2-vl-color-expert"}
+    assert "datasets/tester/tiny-mixture-search/commit/" in proc.stdout
+    # Rerunning into the same directory replaces the earlier demo; a foreign directory is refused.
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    refused = subprocess.run([str(SCRIPTS / "merge-proxy"), "demo", "--out", str(foreign)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "was not made by the demo" in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "keep"
