@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end_and_recommends_a_mixture(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert f"**`{recommended}`**" in report
     assert "## Proxy vs truth" in report
-    for png in ("score_vs_weight.png", "ternary_aggregate.png", "proxy_vs_truth.png"):
+    for png in ("ternary_aggregate.png", "proxy_vs_truth.png"):  # three domains: no weight-line plot
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report
     proxy = [json.loads(line) for line in (out / "sweep" / "journal.jsonl").read_text().splitlines()]

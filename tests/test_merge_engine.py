@@ -276,18 +276,23 @@ def test_existing_output_is_never_touched(tmp_path, tiny_vlm, lora_experts):
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
 
 
-def test_failure_mid_export_leaves_no_directory(tmp_path, tiny_vlm, full_experts):
-    """A non-finite expert tensor is found mid-way: the partial output is removed."""
+def broken_copy(expert: Path, out: Path, tensor: str, value: float) -> Path:
+    """A copy of a full expert whose first tensor matching ``tensor`` holds one non-finite value."""
     from safetensors.torch import save_file
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in full_experts["f1"].iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    tensors = load_file(broken / "model.safetensors")
-    key = sorted(k for k in tensors if "layers.1.mlp.down_proj" in k)[0]
-    tensors[key][0, 0] = float("nan")
-    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    out.mkdir()
+    for f in expert.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(out / "model.safetensors")
+    key = sorted(k for k in tensors if tensor in k)[0]
+    tensors[key].view(-1)[0] = value
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_failure_mid_export_leaves_no_directory(tmp_path, tiny_vlm, full_experts):
+    """A non-finite expert tensor is found mid-way: the partial output is removed."""
+    broken = broken_copy(full_experts["f1"], tmp_path / "broken", "layers.1.mlp.down_proj", float("nan"))
     out = tmp_path / "out"
     proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"x={broken}", "--weights", "x=1", "--out", str(out))
     assert proc.returncode == 2
@@ -304,3 +309,18 @@ def test_cli_writes_a_model_transformers_loads(tmp_path, tiny_vlm, lora_experts)
     assert str(out) in proc.stdout and "a=0.4,b=0.6" in proc.stdout
     model = load_base(out)
     assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+
+
+def test_in_place_non_finite_merge_restores_the_base(tmp_path, tiny_vlm, full_experts):
+    from merge_proxy.engine import MergeError
+
+    broken = broken_copy(full_experts["f1"], tmp_path / "broken", "layers.0.self_attn.q_proj.weight", float("inf"))
+    model = load_base(tiny_vlm.path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merger = InPlaceMerger(model, plan_for(tiny_vlm.path, {"x": broken, "f2": full_experts["f2"]}))
+    with pytest.raises(MergeError, match=r"layers\.0\.self_attn\.q_proj.*non-finite"):
+        merger.merge({"x": 0.5, "f2": 0.5})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    merger.merge({"x": 0.0, "f2": 1.0})  # a weight of 0 never reads the broken expert
+    assert merger.mixture is not None and merger.mixture.weight("f2") == 1.0

@@ -86,21 +86,24 @@ def _scaling(cfg: dict, module: str) -> tuple[int, float]:
     return int(r), float(scaling)
 
 
-def _load_adapter_tensors(expert: ResolvedModel) -> dict[str, torch.Tensor]:
+def _load_adapter_tensors(expert: ResolvedModel, device: str = "cpu") -> dict[str, torch.Tensor]:
     st = expert.path / "adapter_model.safetensors"
     if st.is_file():
         from safetensors.torch import load_file
 
-        return load_file(st)
+        # Straight onto the merge's device: one transfer instead of one per factor.
+        return load_file(st, device=device)
     # Only reachable with allow_pickle (the resolver refused otherwise); weights_only still refuses code.
-    return torch.load(expert.path / "adapter_model.bin", map_location="cpu", weights_only=True)
+    return torch.load(expert.path / "adapter_model.bin", map_location=device, weights_only=True)
 
 
-def load_lora_factors(expert: ResolvedModel, names: ParameterNames) -> dict[str, LoraFactor]:
-    """Base parameter name -> LoRA factor, validated against the base's names and shapes."""
+def load_lora_factors(
+    expert: ResolvedModel, names: ParameterNames, device: torch.device | str = "cpu"
+) -> dict[str, LoraFactor]:
+    """Base parameter name -> LoRA factor (float32, on ``device``), validated against the base."""
     cfg = expert.adapter_config or {}
     _refuse_unsupported_lora(expert, cfg)
-    tensors = _load_adapter_tensors(expert)
+    tensors = {k: v.float() for k, v in _load_adapter_tensors(expert, str(device)).items()}
     label = f"expert {expert.name!r}"
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():

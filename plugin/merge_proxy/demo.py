@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from merge_proxy.errors import ConfigError, MergeProxyError
 
 logger = logging.getLogger(__name__)
@@ -117,6 +115,8 @@ def _cli_path(name: str) -> str:
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -131,6 +131,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
     """Run the whole job into ``out_dir`` (rewritten if an earlier demo made it)."""
     from contextlib import nullcontext
 
+    import yaml
     from huggingface_hub import HfApi
 
     from merge_proxy.resources import recipe_path

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from merge_proxy.engine import MergeError, MergeMethod, MergePlan
+from merge_proxy.engine import MergeError, MergeMethod, MergePlan, non_finite
 from merge_proxy.mixture import Mixture
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class InPlaceMerger:
         self._theta0 = {
             name: p.detach().to(keep_base_on or p.device, copy=True) for name, p in self._params.items()
         }
+        if self._params:
+            plan.move_lora(next(iter(self._params.values())).device)
         self.mixture: Mixture | None = None
         self.method: MergeMethod | None = None
 
@@ -56,11 +58,20 @@ class InPlaceMerger:
         if isinstance(weights, Mixture):
             self.plan.mixture(mixture.as_dict(), method)  # same validation for pre-built mixtures
         started = time.perf_counter()
+        sums = []
         for name, param in self._params.items():
             theta0 = self._theta0[name]
             if theta0.device != param.device:
                 theta0 = theta0.to(param.device)
-            param.data.copy_(self.plan.merged_tensor(name, theta0, mixture, method))
+            merged = self.plan.merged_tensor(name, theta0, mixture, method, check_finite=False)
+            sums.append(merged.float().sum())
+            param.data.copy_(merged)
+        # One device sync for the whole model instead of one per parameter (which costs on a GPU).
+        finite = torch.isfinite(torch.stack(sums)) if sums else torch.ones(0, dtype=torch.bool)
+        if not bool(finite.all()):
+            bad = [n for n, ok in zip(self._params, finite.tolist()) if not ok]
+            self.restore_base()
+            raise non_finite(bad[0])
         self.mixture, self.method = mixture, method
         logger.info("merged %s (%s) in %.2f s", mixture.key(), method.name, time.perf_counter() - started)
         return mixture
