@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from merge_proxy.experts import ExpertError, ResolvedModel
 from merge_proxy.naming import NamingError, ParameterNames, read_safetensors_index
+from merge_proxy.safetensors_io import SafetensorsReader
 
 logger = logging.getLogger(__name__)
 
@@ -166,33 +166,25 @@ class FullExpertReader:
             if param in self._where:
                 raise NamingError(f"{label}: tensors {self._where[param][1]!r} and {key!r} both map to {param!r}")
             self._where[param] = (file, key)
-        self._handles: dict[Path, object] = {}
-        for param, shape in self._shapes():
+        self._readers: dict[Path, SafetensorsReader] = {}
+        for param, (file, key) in self._where.items():
+            shape = self._reader(file).tensors[key].shape
             if shape != names.params[param].shape:
                 raise ExpertError(
                     f"{label}: tensor for {param!r} is {shape} but the base has "
                     f"{names.params[param].shape}; the expert was trained from a different base model"
                 )
 
-    def _handle(self, file: Path):
-        from safetensors import safe_open
-
-        if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
-        return self._handles[file]
-
-    def _shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
-        for param, (file, key) in self._where.items():
-            yield param, tuple(self._handle(file).get_slice(key).get_shape())
+    def _reader(self, file: Path) -> SafetensorsReader:
+        if file not in self._readers:
+            self._readers[file] = SafetensorsReader(file)
+        return self._readers[file]
 
     @property
     def params(self) -> set[str]:
         return set(self._where)
 
-    def close(self) -> None:
-        """Drop the memory maps: their touched pages count in RSS until then."""
-        self._handles.clear()
-
     def tensor(self, param: str) -> torch.Tensor:
+        """Read one tensor with a positioned read: no memory map keeps the checkpoint resident."""
         file, key = self._where[param]
-        return self._handle(file).get_tensor(key)
+        return self._reader(file).read(key)

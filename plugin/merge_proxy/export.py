@@ -21,6 +21,8 @@ from merge_proxy.atomic import atomic_output_dir
 from merge_proxy.engine import MergeError, MergeMethod, MergePlan
 from merge_proxy.mixture import Mixture
 from merge_proxy.naming import read_safetensors_index
+from merge_proxy.safetensors_io import DTYPES as STORAGE
+from merge_proxy.safetensors_io import NAMES, SafetensorsReader, write_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -106,31 +108,23 @@ def _copy_aux_files(base_dir: Path, out: Path, dtype: str) -> None:
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
-def _shard_plan(keys: list[tuple[Path, str]], handles, out_dtype, max_bytes: int) -> list[list[tuple[Path, str]]]:
-    shards: list[list[tuple[Path, str]]] = [[]]
+def _out_dtype_name(st_dtype: str, out_dtype: torch.dtype | None) -> str:
+    if out_dtype is not None and st_dtype in ("F64", "F32", "F16", "BF16"):
+        return NAMES[out_dtype]
+    return st_dtype
+
+
+def _shards(entries: list[tuple[str, str, tuple[int, ...], int]], max_bytes: int) -> list[list[int]]:
+    """Indices of ``entries`` (key, dtype, shape, nbytes) grouped into shards of at most ``max_bytes``."""
+    shards: list[list[int]] = [[]]
     size = 0
-    for file, key in keys:
-        sl = handles(file).get_slice(key)
-        numel = 1
-        for dim in sl.get_shape():
-            numel *= dim
-        itemsize = _itemsize(sl.get_dtype(), out_dtype)
-        nbytes = numel * itemsize
+    for i, (_, _, _, nbytes) in enumerate(entries):
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0
-        shards[-1].append((file, key))
+        shards[-1].append(i)
         size += nbytes
     return shards
-
-
-_ST_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _itemsize(st_dtype: str, out_dtype: torch.dtype | None) -> int:
-    if out_dtype is not None and st_dtype in ("F64", "F32", "F16", "BF16"):
-        return torch.empty((), dtype=out_dtype).element_size()
-    return _ST_DTYPE_SIZES.get(st_dtype, 4)
 
 
 def export_full(
@@ -141,52 +135,54 @@ def export_full(
     dtype: str = "auto",
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> ExportResult:
-    """Write the merged model as a transformers checkpoint (sharded safetensors, base's other files)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    """Write the merged model as a transformers checkpoint (sharded safetensors, base's other files).
 
+    Streamed: each output tensor is read (positioned reads, no memory map), merged and written
+    before the next is read, so peak memory is about one tensor per expert plus one output tensor.
+    """
     out_dtype = DTYPES[dtype]
     index = read_safetensors_index(plan.base.path)
     if not index:
         raise MergeError(f"the base {plan.base.source!r} has no safetensors weights to merge into")
     touched = set(plan.touched)
-    handles_cache: dict[Path, object] = {}
-
-    def handle(file: Path):
-        if file not in handles_cache:
-            handles_cache[file] = safe_open(file, framework="pt")
-        return handles_cache[file]
-
-    keys = [(file, key) for key, file in index.items()]
-    keys.sort(key=lambda fk: (fk[0].name, fk[1]))
-    shards = _shard_plan(keys, handle, out_dtype, max_shard_bytes)
+    readers = {file: SafetensorsReader(file) for file in set(index.values())}
+    keys = sorted(index, key=lambda k: (index[k].name, k))
+    entries = []
+    for key in keys:
+        info = readers[index[key]].tensors[key]
+        name = _out_dtype_name(info.dtype, out_dtype)
+        numel = 1
+        for d in info.shape:
+            numel *= d
+        entries.append((key, name, info.shape, numel * torch.empty((), dtype=STORAGE[name]).element_size()))
+    shards = _shards(entries, max_shard_bytes)
     record = provenance(plan, mixture, method, "full", dtype)
     merged_count = 0
+
+    def produce(indices: list[int], bar):
+        nonlocal merged_count
+        for i in indices:
+            key = entries[i][0]
+            tensor = readers[index[key]].read(key)
+            param = plan.names.checkpoint_to_memory(key)
+            if param in touched:
+                tensor = plan.merged_tensor(param, tensor, mixture, method)
+                merged_count += 1
+            if out_dtype is not None and tensor.is_floating_point() and tensor.dtype != out_dtype:
+                tensor = tensor.to(out_dtype)
+            bar.update(1)
+            yield tensor
+
     with atomic_output_dir(out_dir) as staging, _progress(len(keys), "merging") as bar:
         weight_map: dict[str, str] = {}
+        total = 0
         for i, shard in enumerate(shards, start=1):
             fname = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            tensors: dict[str, torch.Tensor] = {}
-            for file, key in shard:
-                theta0 = handle(file).get_tensor(key)
-                param = plan.names.checkpoint_to_memory(key)
-                tensor = theta0
-                if param in touched:
-                    tensor = plan.merged_tensor(param, theta0, mixture, method)
-                    merged_count += 1
-                if out_dtype is not None and tensor.is_floating_point() and tensor.dtype != out_dtype:
-                    tensor = tensor.to(out_dtype)
-                tensors[key] = tensor.contiguous()
-                weight_map[key] = fname
-                bar.update(1)
-            save_file(tensors, staging / fname, metadata={"format": "pt"})
-            del tensors
-            # Unmap what this shard read, so mapped checkpoint pages do not pile up across shards.
-            handles_cache.clear()
-            for reader in plan.full.values():
-                reader.close()
+            specs = [(entries[j][0], entries[j][1], entries[j][2]) for j in shard]
+            write_streaming(staging / fname, specs, produce(shard, bar))
+            total += sum(entries[j][3] for j in shard)
+            weight_map.update({entries[j][0]: fname for j in shard})
         if len(shards) > 1:
-            total = sum((staging / f).stat().st_size for f in set(weight_map.values()))
             (staging / "model.safetensors.index.json").write_text(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
             )
