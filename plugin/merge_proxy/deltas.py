@@ -40,12 +40,6 @@ class LoraFactor:
     def rank(self) -> int:
         return int(self.A.shape[0])
 
-    def delta(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
-        A = self.A.to(device=device, dtype=dtype)
-        B = self.B.to(device=device, dtype=dtype)
-        d = (B @ A) * self.scaling
-        return d.T if self.transpose else d
-
 
 def _refuse_unsupported_lora(expert: ResolvedModel, cfg: dict) -> None:
     """Adapters whose effect is not a plain additive weight delta are refused, never approximated."""

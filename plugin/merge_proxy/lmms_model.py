@@ -164,8 +164,6 @@ class MergeProxy(lmms):
 
     def remerge(self, weights: Mixture | Mapping[str, float] | str) -> Mixture:
         """Merge to new weights in place (from the untouched base, no reload)."""
-        if isinstance(weights, str):
-            weights = weights.replace(",", ";") if "=" in weights else weights
         return self.merger.merge(weights, self.method)
 
     @property
