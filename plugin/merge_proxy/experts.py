@@ -104,13 +104,14 @@ class ResolvedModel:
         return tuple(dict.fromkeys(names))
 
 
-def _split_subfolder(source: str) -> tuple[str, str, str]:
+def _split_subfolder(source: str) -> tuple[str, str]:
+    """``ORG/NAME/SUB/DIR`` -> (``ORG/NAME``, ``SUB/DIR``); the subfolder is empty for a bare repo id."""
     parts = source.split("/")
-    return "/".join(parts[:2]), "/", "/".join(parts[2:])
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def _is_hub_source(source: str) -> bool:
-    repo_id, _, subfolder = _split_subfolder(source)
+    repo_id, subfolder = _split_subfolder(source)
     return source.count("/") >= 1 and looks_like_repo_id(repo_id) and ".." not in subfolder.split("/")
 
 
@@ -186,7 +187,7 @@ def resolve(
     elif _is_hub_source(spec.source):
         # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the
         # reference mixture models) are addressed by the folder after the repo id.
-        repo_id, _, subfolder = _split_subfolder(spec.source)
+        repo_id, subfolder = _split_subfolder(spec.source)
         sha, files = repo_files(repo_id, spec.revision, hub)
         if subfolder:
             files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]

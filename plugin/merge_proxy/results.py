@@ -80,6 +80,7 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
     hub = hub or HubOptions()
     inputs = locate(results)
     truth_input = locate(truth) if truth else None
+    records = Journal(inputs.journal).records()
     with tempfile.TemporaryDirectory(prefix="merge-proxy-results-") as tmp:
         report = Path(report_dir) if report_dir else None
         if report is None or not (report / "report.md").is_file():
@@ -88,12 +89,10 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
         else:
             from merge_proxy.analysis import analyze
 
-            records = Journal(inputs.journal).records()
             truth_records = Journal(truth_input.journal).records() if truth_input else None
             analysis = analyze([r for r in records if r.mode == "proxy"],
                                [r for r in truth_records if r.mode == "truth"] if truth_records else None,
                                benchmark_weights(inputs, weights))
-        records = Journal(inputs.journal).records()
         context = result_card_context(analysis, records)
         context["recipe"] = inputs.recipe.read_text(encoding="utf-8").strip() if inputs.recipe else None
         card = DatasetCard.from_template(DatasetCardData(tags=list(RESULTS_TAGS)),
