@@ -73,7 +73,8 @@ CONTENTION_SHARE = 0.25
 ALIASES = frozenset({"mergekit_used"})
 PAGE_CACHE_NOTE = (
     "OS page cache: warm for every path (all inputs are read once right before each measurement); "
-    "outputs are not fsync'ed by any path."
+    "ours fsyncs its weight files before the atomic rename of its output (inside its time); the "
+    "reference and mergekit do not fsync."
 )
 GIB = 1024**3
 
@@ -401,20 +402,20 @@ def child_ref_lora(layout: Layout, args: argparse.Namespace) -> dict:
 
 
 def child_inplace(layout: Layout, args: argparse.Namespace) -> dict:
-    """The in-memory proxy: load bf16 + plan (names from the loaded model) + InPlaceMerger + merge."""
+    """The in-memory proxy as the lmms-eval model builds it: the plan prefetched while the base loads."""
     import torch
-    from merge_proxy.engine import MergeMethod, build_plan
+    from merge_proxy.engine import MergeMethod
     from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
-    from merge_proxy.inplace import InPlaceMerger
-    from merge_proxy.naming import ParameterNames
+    from merge_proxy.inplace import InPlaceMerger, PlanPrefetch
 
     io0 = _io_write_bytes()
     t0 = time.perf_counter()
-    model = _load_model(layout.base, torch.bfloat16)
-    t1 = time.perf_counter()
     base = resolve(ExpertSpec(str(layout.base)), for_base=True)
     experts = resolve_experts([ExpertSpec(str(p), name=n) for n, p in layout.experts("lora")])
-    plan = build_plan(base, experts, names=ParameterNames.from_model(model))
+    prefetch = PlanPrefetch(base, experts)
+    model = _load_model(layout.base, torch.bfloat16)
+    t1 = time.perf_counter()
+    plan = prefetch.result(model)
     t2 = time.perf_counter()
     merger = InPlaceMerger(model, plan)
     t3 = time.perf_counter()
@@ -424,7 +425,7 @@ def child_inplace(layout: Layout, args: argparse.Namespace) -> dict:
     t5 = time.perf_counter()
     return {
         "wall_s": t4 - t0,
-        "stages": {"load": t1 - t0, "plan": t2 - t1, "theta0_copy": t3 - t2, "merge": t4 - t3, "remerge": t5 - t4},
+        "stages": {"load": t1 - t0, "plan_wait": t2 - t1, "merger": t3 - t2, "merge": t4 - t3, "remerge": t5 - t4},
         "remerge_s": t5 - t4,
         "io_write_bytes": _io_write_bytes() - io0,
         "theta0_copy_bytes": merger.base_copy_bytes,

@@ -6,13 +6,16 @@ read-only by the tests; a test that needs to change one copies it first.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Set before any test imports huggingface_hub (it reads these at import time): no telemetry, no
 # token from the developer's own machine, and a cache that cannot touch ~/.cache.
 _HF_HOME = tempfile.mkdtemp(prefix="merge-proxy-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)

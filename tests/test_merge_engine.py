@@ -86,6 +86,60 @@ def test_in_place_merge_and_remerge(tiny_vlm, lora_experts):
         assert torch.equal(value, base_state[key]), key
 
 
+def test_in_place_merge_keeps_the_loaded_tensors_as_theta0(tiny_vlm, lora_experts):
+    """No copy of the base: the loaded storage becomes theta_0 and comes back on restore_base."""
+    model = load_base(tiny_vlm.path)
+    plan = plan_for(tiny_vlm.path, lora_experts)
+    params = dict(model.named_parameters())
+    loaded = {name: params[name].data_ptr() for name in plan.touched}
+    untouched = {n: p.data_ptr() for n, p in params.items() if n not in loaded}
+    merger = InPlaceMerger(model, plan)
+    assert merger.base_copy_bytes == 0  # nothing held until a merge
+    merger.merge(LORA_WEIGHTS)
+    assert all(params[n].data_ptr() != ptr for n, ptr in loaded.items())
+    assert all(params[n].data_ptr() == ptr for n, ptr in untouched.items())
+    assert merger.base_copy_bytes == sum(params[n].numel() * params[n].element_size() for n in loaded)
+    merger.restore_base()
+    assert {n: params[n].data_ptr() for n in loaded} == loaded
+    assert merger.base_copy_bytes == 0
+    merger.merge(LORA_WEIGHTS)  # and merges again after a restore
+    reference = peft_reference(tiny_vlm.path, lora_experts, LORA_WEIGHTS)
+    for key, value in model.state_dict().items():
+        assert_close_rel(value, reference[key], name=key)
+
+
+def test_plan_prefetched_while_the_base_loads(tmp_path, tiny_vlm, lora_experts, full_experts):
+    from merge_proxy.inplace import PlanPrefetch
+    from merge_proxy.naming import ParameterNames
+
+    base_model = resolve(ExpertSpec(str(tiny_vlm.path)), for_base=True)
+    experts = {"a": lora_experts["a"], "b": lora_experts["b"], "f1": full_experts["f1"]}
+    resolved = resolve_experts([ExpertSpec(str(p), name=n) for n, p in experts.items()])
+    prefetch = PlanPrefetch(base_model, resolved)
+    model = load_base(tiny_vlm.path)
+    plan = prefetch.result(model)
+    direct = build_plan(base_model, resolved, names=ParameterNames.from_model(model))
+    assert plan.touched == direct.touched and set(plan.lora) == {"a", "b"} and set(plan.full) == {"f1"}
+    for name, factors in direct.lora.items():
+        assert factors.keys() == plan.lora[name].keys()
+        for param, factor in factors.items():
+            assert torch.equal(plan.lora[name][param].A, factor.A) and torch.equal(plan.lora[name][param].B, factor.B)
+    # The factors of each expert are views of one staged buffer, moved once.
+    for factors in plan.lora.values():
+        storages = {t.untyped_storage().data_ptr() for f in factors.values() for t in (f.A, f.B)}
+        assert len(storages) == 1
+    before = {n: next(iter(f.values())).A.data_ptr() for n, f in plan.lora.items()}
+    plan.place_lora("cpu")
+    assert {n: next(iter(f.values())).A.data_ptr() for n, f in plan.lora.items()} == before
+    # A problem with an expert surfaces from result(), named as without the prefetch.
+    foreign = make_lora_expert(tiny_vlm.path, tmp_path / "bad", seed=9, r=4)
+    cfg = json.loads((foreign / "adapter_config.json").read_text())
+    (foreign / "adapter_config.json").write_text(json.dumps({**cfg, "r": 5}))
+    [bad] = resolve_experts([ExpertSpec(str(foreign), name="bad")])
+    with pytest.raises(MergeProxyError, match=r"expert 'bad'.*config says r=5"):
+        PlanPrefetch(base_model, [bad]).result(model)
+
+
 def test_bf16_remerges_do_not_drift(tiny_vlm, lora_experts):
     model = load_base(tiny_vlm.path, dtype=torch.bfloat16)
     merger = InPlaceMerger(model, plan_for(tiny_vlm.path, lora_experts))
@@ -141,7 +195,10 @@ def test_full_experts_streamed_equal_manual_state_dict_sum(tmp_path, tiny_vlm, f
         assert_close_rel(ours[key], expected.float(), name=key)
 
 
-def test_mixed_lora_and_full_task_arithmetic(tmp_path, tiny_vlm, lora_experts, full_experts):
+@pytest.mark.parametrize("block", [None, 300], ids=["default-blocks", "row-blocks"])
+def test_mixed_lora_and_full_task_arithmetic(tmp_path, monkeypatch, tiny_vlm, lora_experts, full_experts, block):
+    if block is not None:  # the tiny tensors fit one block; force several rows per block and ragged ends
+        monkeypatch.setattr("merge_proxy.engine._CPU_BLOCK_ELEMENTS", block)
     experts = {"a": lora_experts["a"], "f1": full_experts["f1"]}
     weights = {"a": 0.7, "f1": 0.6}
     method = MergeMethod("task_arithmetic", scale=0.5)

@@ -47,3 +47,15 @@ def test_writer_refuses_a_tensor_that_does_not_match_its_header(tmp_path):
         write_streaming(tmp_path / "x.safetensors", [("a", "F32", (2,))], iter([torch.zeros(3)]))
     with pytest.raises(ValueError):
         write_streaming(tmp_path / "y.safetensors", [("a", "F32", (2,)), ("b", "F32", (1,))], iter([torch.zeros(2)]))
+
+
+def test_row_ranges_are_the_slices_of_the_tensor(tmp_path):
+    tensors = {"w": torch.randn(37, 11).to(torch.bfloat16), "conv": torch.randn(5, 3, 2, 2), "v": torch.randn(9)}
+    path = tmp_path / "rows.safetensors"
+    save_file(tensors, path)
+    reader = SafetensorsReader(path)
+    for key, tensor in tensors.items():
+        n = tensor.shape[0]
+        for start, stop in [(0, n), (0, 1), (3, 4), (2, n), (n, n)]:
+            got = reader.read_rows(key, start, stop)
+            assert got.dtype == tensor.dtype and torch.equal(got, tensor[start:stop]), (key, start, stop)

@@ -2,8 +2,8 @@
 
 A LoRA expert's delta on a weight W is ``scaling * B @ A``; it is kept factored (a few MB) and
 multiplied out one parameter at a time during a merge. A full expert's delta is ``theta_i - theta_0``;
-its tensors are memory-mapped from safetensors and read one at a time, so K full experts never sit in
-memory together.
+its tensors are read from safetensors with positioned reads, a block of rows at a time, so K full
+experts never sit in memory together.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def load_lora_factors(
 
 
 class FullExpertReader:
-    """A full fine-tuned checkpoint, memory-mapped: base parameter name -> tensor, one at a time."""
+    """A full fine-tuned checkpoint read on demand: base parameter name -> tensor (or rows of it)."""
 
     def __init__(self, expert: ResolvedModel, names: ParameterNames) -> None:
         self.expert = expert
@@ -182,3 +182,8 @@ class FullExpertReader:
         """Read one tensor with a positioned read: no memory map keeps the checkpoint resident."""
         file, key = self._where[param]
         return self._reader(file).read(key)
+
+    def rows(self, param: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of one tensor (first dimension), read from the file alone."""
+        file, key = self._where[param]
+        return self._reader(file).read_rows(key, start, stop)

@@ -4,14 +4,14 @@
 ``task_arithmetic``. Each merged parameter is rebuilt from an untouched theta_0 in float32 and cast
 once, so repeated re-merges never drift (merge/unmerge round trips in bf16 do), and parameters no
 expert touches are never rewritten. The CLI export, the lmms-eval model and sweeps all call
-:func:`merged_tensor` through :class:`MergePlan`.
+:meth:`MergePlan.merge_into`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,6 +22,11 @@ from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.naming import ParameterNames
 
 logger = logging.getLogger(__name__)
+
+
+#: Row block of a CPU merge per thread, in elements: a float32 block (1 MiB) and its inputs stay in
+#: L2 cache (measured: 1.8x faster than whole-tensor updates on one core, 4 rank-16 experts).
+_CPU_BLOCK_ELEMENTS = 1 << 18
 
 
 class MergeError(MergeProxyError):
@@ -43,6 +48,13 @@ class MergeMethod:
 
     def coefficient(self, weight: float) -> float:
         return weight * (self.scale if self.name == "task_arithmetic" else 1.0)
+
+
+def progress(items, total: int, desc: str):
+    """A progress bar that shows only for merges longer than a second (CPU merges of large models)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="tensor", delay=1.0, leave=False)
 
 
 def non_finite(param: str) -> MergeError:
@@ -76,6 +88,8 @@ class MergePlan:
     names: ParameterNames
     lora: dict[str, dict[str, LoraFactor]] = field(default_factory=dict)
     full: dict[str, FullExpertReader] = field(default_factory=dict)
+    _staged: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Per LoRA expert, the one float32 buffer its factors are views of (see :meth:`place_lora`)."""
 
     @property
     def expert_names(self) -> tuple[str, ...]:
@@ -99,63 +113,122 @@ class MergePlan:
         """Weights (a mapping or ``NAME=W;...`` text) checked against these experts and the method."""
         return make_mixture(weights, self.expert_names, method.name)
 
-    def move_lora(self, device: torch.device | str) -> None:
-        """Keep every LoRA factor in float32 on ``device``, moved in ONE copy per expert.
+    def place_lora(self, device: torch.device | str, pin_memory: bool = False) -> None:
+        """Keep every LoRA factor in float32 on ``device``, as views of ONE buffer per expert.
 
         A 2B model has ~200 adapted layers per expert; a copy per factor costs ~100 us of launch and
-        sync each on a GPU, more than the merge itself. The factors become views of one buffer.
+        sync each on a GPU, more than the merge itself. ``pin_memory`` stages the buffer in pinned
+        host memory, so a later move to a GPU is one asynchronous copy.
         """
-        import dataclasses
-
         device = torch.device(device)
         for name, factors in self.lora.items():
-            if all(f.A.device == device and f.A.dtype == torch.float32 for f in factors.values()):
+            flat = self._staged.get(name)
+            if flat is not None and flat.device == device and (flat.is_pinned() or not pin_memory):
                 continue
             parts = [t for f in factors.values() for t in (f.A, f.B)]
-            flat = torch.cat([t.reshape(-1).to(torch.float32) for t in parts]).to(device)
+            if flat is None or (pin_memory and not flat.is_pinned()):
+                flat = torch.empty(sum(t.numel() for t in parts), dtype=torch.float32, pin_memory=pin_memory)
+                offset = 0
+                for t in parts:
+                    flat[offset: offset + t.numel()].copy_(t.reshape(-1))
+                    offset += t.numel()
+            if flat.device != device:
+                flat = flat.to(device, non_blocking=flat.is_pinned())
+            self._staged[name] = flat
             views, offset = [], 0
             for t in parts:
                 views.append(flat[offset: offset + t.numel()].view(t.shape))
                 offset += t.numel()
             self.lora[name] = {
-                param: dataclasses.replace(f, A=views[2 * i], B=views[2 * i + 1])
+                param: replace(f, A=views[2 * i], B=views[2 * i + 1])
                 for i, (param, f) in enumerate(factors.items())
             }
 
-    def merged_tensor(
-        self, param: str, theta0: torch.Tensor, mixture: Mixture, method: MergeMethod, check_finite: bool = True
-    ) -> torch.Tensor:
-        """theta_0 + sum_i c_i * delta_i for one parameter, accumulated in float32, in theta_0's dtype.
+    def _lora_product(
+        self, param: str, mixture: Mixture, method: MergeMethod, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(L, R) with L @ R = sum_i c_i * scaling_i * B_i @ A_i: the experts' ranks side by side.
 
-        Computed on theta_0's device: LoRA factors move there (they are small), full-expert tensors
-        are read from their memory map one at a time.
+        One GEMM of rank sum_i r_i instead of one rank-r_i update per expert, each of which would
+        read and write the whole float32 accumulator again.
         """
-        acc = theta0.to(torch.float32, copy=True)
-        full_total = 0.0
+        lefts, rights = [], []
         for name, weight in mixture.weights:
             coef = method.coefficient(weight)
-            if coef == 0.0:
-                continue
             factor = self.lora.get(name, {}).get(param)
-            if factor is not None:
-                A = factor.A.to(device=acc.device, dtype=torch.float32)
-                B = factor.B.to(device=acc.device, dtype=torch.float32)
-                if factor.transpose:
-                    acc.addmm_(A.T, B.T, alpha=coef * factor.scaling)
-                else:
-                    acc.addmm_(B, A, alpha=coef * factor.scaling)
-            reader = self.full.get(name)
-            if reader is not None and param in reader.params:
-                # sum_i c_i (theta_i - theta_0) as sum_i c_i theta_i - (sum_i c_i) theta_0: no float32
-                # temporaries per expert (in-place add promotes bf16 to float32 as it goes).
-                acc.add_(reader.tensor(param).to(acc.device), alpha=coef)
-                full_total += coef
-        if full_total:
-            acc.add_(theta0, alpha=-full_total)
+            if coef == 0.0 or factor is None:
+                continue
+            A = factor.A.to(device=device, dtype=torch.float32)
+            B = factor.B.to(device=device, dtype=torch.float32)
+            left, right = (A.T, B.T) if factor.transpose else (B, A)
+            lefts.append(left * (coef * factor.scaling))
+            rights.append(right)
+        if not lefts:
+            return None
+        if len(lefts) == 1:
+            return lefts[0], rights[0]
+        return torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
+
+    def merge_into(
+        self, param: str, theta0: torch.Tensor, out: torch.Tensor, mixture: Mixture, method: MergeMethod
+    ) -> torch.Tensor:
+        """Write theta_0 + sum_i c_i * delta_i for one parameter into ``out``, cast once to its dtype.
+
+        Accumulates in float32 on ``out``'s device. On a CPU the parameter is walked in row blocks
+        that stay in cache (theta_0 block, LoRA product, each full expert's rows read from its file),
+        so a merge streams each input once instead of re-reading a float32 copy of the whole tensor
+        per expert. Returns the float32 sum of the result (0-d, on ``out``'s device): non-finite
+        iff some merged value is, checked by the caller with one sync for many parameters.
+        """
+        device = out.device
+        rows = theta0.shape[0] if theta0.dim() else 1
+        base = theta0.reshape(rows, -1)
+        target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+        dest = target.view(rows, -1)
+        block = _CPU_BLOCK_ELEMENTS * max(1, torch.get_num_threads())  # each thread keeps its share in cache
+        step = rows if device.type != "cpu" else max(1, block // max(1, base.shape[1]))
+        lora = self._lora_product(param, mixture, method, device)
+        full = [
+            (reader, method.coefficient(weight))
+            for name, weight in mixture.weights
+            if (reader := self.full.get(name)) is not None and param in reader.params
+            and method.coefficient(weight) != 0.0
+        ]
+        # sum_i c_i (theta_i - theta_0) as sum_i c_i theta_i - (sum_i c_i) theta_0: no float32
+        # temporaries per expert (in-place adds promote bf16 to float32 as they go).
+        full_total = sum(coef for _, coef in full)
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            acc = base[start:stop].to(device=device, dtype=torch.float32, copy=True)
+            if lora is not None:
+                acc.addmm_(lora[0][start:stop], lora[1])
+            for reader, coef in full:
+                acc.add_(reader.rows(param, start, stop).view(acc.shape).to(device), alpha=coef)
+            if full_total:
+                acc.add_(base[start:stop].to(device), alpha=-full_total)
+            total += acc.sum()
+            dest[start:stop].copy_(acc)
+        if target is not out:
+            out.copy_(target)
+        return total
+
+    def merged_tensor(
+        self,
+        param: str,
+        theta0: torch.Tensor,
+        mixture: Mixture,
+        method: MergeMethod,
+        check_finite: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """theta_0 + sum_i c_i * delta_i for one parameter, as a new tensor of ``dtype`` (theta_0's by default)."""
+        out = torch.empty(theta0.shape, dtype=dtype or theta0.dtype, device=theta0.device)
+        total = self.merge_into(param, theta0, out, mixture, method)
         # One reduction instead of an elementwise mask: inf or nan anywhere makes the sum non-finite.
-        if check_finite and not torch.isfinite(acc.sum()):
+        if check_finite and not torch.isfinite(total):
             raise non_finite(param)
-        return acc.to(theta0.dtype)
+        return out
 
 
 def build_plan(

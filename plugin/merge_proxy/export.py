@@ -1,8 +1,8 @@
 """Writing a merge to disk: a full transformers checkpoint, or one PEFT adapter (``--format lora``).
 
-The full export streams the base checkpoint tensor by tensor (memory-mapped safetensors), merges the
-touched ones and writes shards as they fill: peak memory is about one shard plus one tensor per
-expert, never K models. The LoRA export concatenates the experts' ranks, so the single adapter's
+The full export streams the base checkpoint tensor by tensor (positioned reads, no memory maps),
+merges the touched ones in row blocks that read each full expert's rows from its file, and writes
+each tensor as soon as it is merged: peak memory is about one base tensor, never K models. The LoRA export concatenates the experts' ranks, so the single adapter's
 delta is exactly sum_i c_i * scaling_i * B_i @ A_i (PEFT's ``cat`` combination).
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from merge_proxy import __version__
 from merge_proxy.atomic import atomic_output_dir
-from merge_proxy.engine import MergeError, MergeMethod, MergePlan
+from merge_proxy.engine import MergeError, MergeMethod, MergePlan, progress
 from merge_proxy.mixture import Mixture
 from merge_proxy.naming import read_safetensors_index
 from merge_proxy.safetensors_io import DTYPES as STORAGE
@@ -45,13 +45,6 @@ class ExportResult:
     format: str
     bytes_written: int
     tensors_merged: int
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    # delay: the bar appears only for merges that take longer than a second.
-    return tqdm(total=total, desc=desc, unit="tensor", delay=1.0, leave=False)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -137,8 +130,8 @@ def export_full(
 ) -> ExportResult:
     """Write the merged model as a transformers checkpoint (sharded safetensors, base's other files).
 
-    Streamed: each output tensor is read (positioned reads, no memory map), merged and written
-    before the next is read, so peak memory is about one tensor per expert plus one output tensor.
+    Streamed: each base tensor is read (positioned reads, no memory map), merged (full experts
+    read block by block) and written before the next is read, so peak memory is about two tensors.
     """
     out_dtype = DTYPES[dtype]
     index = read_safetensors_index(plan.base.path)
@@ -165,15 +158,17 @@ def export_full(
             key = entries[i][0]
             tensor = readers[index[key]].read(key)
             param = plan.names.checkpoint_to_memory(key)
+            cast = out_dtype if out_dtype is not None and tensor.is_floating_point() else None
             if param in touched:
-                tensor = plan.merged_tensor(param, tensor, mixture, method)
+                # Cast once, from the float32 accumulator straight to the output dtype.
+                tensor = plan.merged_tensor(param, tensor, mixture, method, dtype=cast)
                 merged_count += 1
-            if out_dtype is not None and tensor.is_floating_point() and tensor.dtype != out_dtype:
-                tensor = tensor.to(out_dtype)
+            elif cast is not None and tensor.dtype != cast:
+                tensor = tensor.to(cast)
             bar.update(1)
             yield tensor
 
-    with atomic_output_dir(out_dir) as staging, _progress(len(keys), "merging") as bar:
+    with atomic_output_dir(out_dir) as staging, progress(None, total=len(keys), desc="merging") as bar:
         weight_map: dict[str, str] = {}
         total = 0
         for i, shard in enumerate(shards, start=1):

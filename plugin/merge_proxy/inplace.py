@@ -1,20 +1,25 @@
 """Merging into a loaded transformers model, and re-merging it to new weights without a reload.
 
-Used by the lmms-eval model and by sweeps: the base is loaded once, the parameters some expert
-touches are copied once (theta_0), and every (re-)merge rewrites just those parameters from theta_0.
-Nothing is written to disk.
+Used by the lmms-eval model and by sweeps: the base is loaded once, the loaded tensors of the
+parameters some expert touches become theta_0 (kept, never written), each touched parameter gets
+storage of its own, and every (re-)merge writes just those parameters from theta_0. Nothing is
+written to disk.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from merge_proxy.engine import MergeError, MergeMethod, MergePlan, non_finite
+from merge_proxy.engine import MergeError, MergeMethod, MergePlan, build_plan, non_finite, progress
+from merge_proxy.errors import MergeProxyError
+from merge_proxy.experts import ResolvedModel
 from merge_proxy.mixture import Mixture
+from merge_proxy.naming import ParameterNames
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +27,9 @@ logger = logging.getLogger(__name__)
 class InPlaceMerger:
     """Owns theta_0 of the touched parameters of ``model`` and writes merges into the model.
 
-    ``keep_base_on`` chooses where theta_0 lives: the parameter's own device (fastest re-merge) or
-    ``"cpu"`` (saves accelerator memory; each re-merge copies theta_0 over).
+    ``keep_base_on`` chooses where theta_0 lives: the parameter's own device (the default: the
+    loaded tensors themselves, no copy; the fastest re-merge) or ``"cpu"`` (a copy there, saving
+    accelerator memory; each re-merge reads theta_0 over).
     """
 
     def __init__(self, model: torch.nn.Module, plan: MergePlan, keep_base_on: str | None = None) -> None:
@@ -37,18 +43,32 @@ class InPlaceMerger:
                 f"({len(missing)} missing); load the base the plan was built for"
             )
         self._params = {name: params[name] for name in plan.touched}
-        self._theta0 = {
-            name: p.detach().to(keep_base_on or p.device, copy=True) for name, p in self._params.items()
-        }
+        self._keep_base_on = torch.device(keep_base_on) if keep_base_on else None
+        self._theta0: dict[str, torch.Tensor] = {}
         if self._params:
-            plan.move_lora(next(iter(self._params.values())).device)
+            plan.place_lora(next(iter(self._params.values())).device)
         self.mixture: Mixture | None = None
         self.method: MergeMethod | None = None
 
     @property
     def base_copy_bytes(self) -> int:
-        """Memory held for theta_0 (the price of exact, drift-free re-merges)."""
+        """Memory held besides the model for exact, drift-free re-merges (one touched-parameter set)."""
         return sum(t.numel() * t.element_size() for t in self._theta0.values())
+
+    def _detach_base(self) -> None:
+        """Keep the loaded tensors as theta_0 and give each touched parameter fresh storage.
+
+        A swap, not a copy: on a GPU it saves a device-wide copy, on a CPU the loaded tensors may be
+        memory-mapped from the checkpoint and stay so (read, never written).
+        """
+        if self._theta0:
+            return
+        for name, param in self._params.items():
+            if self._keep_base_on is not None and self._keep_base_on != param.device:
+                self._theta0[name] = param.data.to(self._keep_base_on, copy=True)
+            else:
+                self._theta0[name] = param.data
+                param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
 
     @torch.no_grad()
     def merge(self, weights: Mixture | Mapping[str, float] | str, method: MergeMethod | None = None) -> Mixture:
@@ -58,14 +78,11 @@ class InPlaceMerger:
         if isinstance(weights, Mixture):
             self.plan.mixture(mixture.as_dict(), method)  # same validation for pre-built mixtures
         started = time.perf_counter()
-        sums = []
-        for name, param in self._params.items():
-            theta0 = self._theta0[name]
-            if theta0.device != param.device:
-                theta0 = theta0.to(param.device)
-            merged = self.plan.merged_tensor(name, theta0, mixture, method, check_finite=False)
-            sums.append(merged.float().sum())
-            param.data.copy_(merged)
+        self._detach_base()
+        sums = [
+            self.plan.merge_into(name, self._theta0[name], param.data, mixture, method)
+            for name, param in progress(self._params.items(), total=len(self._params), desc="merging")
+        ]
         # One device sync for the whole model instead of one per parameter (which costs on a GPU).
         finite = torch.isfinite(torch.stack(sums)) if sums else torch.ones(0, dtype=torch.bool)
         if not bool(finite.all()):
@@ -80,7 +97,52 @@ class InPlaceMerger:
 
     @torch.no_grad()
     def restore_base(self) -> None:
-        """Put theta_0 back (the model becomes the untouched base again)."""
+        """Put theta_0 back (the model becomes the untouched base again, holding no extra copy)."""
         for name, param in self._params.items():
-            param.data.copy_(self._theta0[name].to(param.device))
+            theta0 = self._theta0.pop(name, None)
+            if theta0 is None:
+                continue
+            if theta0.device == param.device:
+                param.data = theta0
+            else:
+                param.data.copy_(theta0)
         self.mixture = None
+
+
+class PlanPrefetch:
+    """Builds the merge plan in a thread while the caller loads the base model.
+
+    Loading a 2-8B base onto a GPU takes seconds; reading, checking and staging the experts' LoRA
+    factors (hundreds of MB in float32, in pinned memory when a GPU is present) is a good part of
+    that again. Side by side, the proxy is ready about when the base is. The plan is built against
+    the base's config on the meta device; :meth:`result` rebuilds it from the loaded model when that
+    names its parameters otherwise (remote code), so the outcome never differs from building after
+    the load.
+    """
+
+    def __init__(self, base: ResolvedModel, experts: Sequence[ResolvedModel], check_declared_base: bool = True) -> None:
+        self._args = (base, tuple(experts), check_declared_base)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-proxy-plan")
+        self._future: Future[MergePlan] = pool.submit(self._build)
+        pool.shutdown(wait=False)
+
+    def _build(self) -> MergePlan:
+        base, experts, check = self._args
+        plan = build_plan(base, experts, check_declared_base=check)
+        plan.place_lora("cpu", pin_memory=torch.cuda.is_available())
+        return plan
+
+    def result(self, model: torch.nn.Module) -> MergePlan:
+        """The plan for ``model`` (the base as loaded); waits for the thread."""
+        base, experts, check = self._args
+        try:
+            plan = self._future.result()
+        except MergeProxyError as err:
+            # Rebuilt from the model below: a real problem with the experts raises again there,
+            # named against the loaded model's own parameters.
+            logger.debug("plan from the base's config failed (%s); building it from the loaded model", err)
+            plan = None
+        loaded = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        if plan is None or {n: i.shape for n, i in plan.names.params.items()} != loaded:
+            plan = build_plan(base, experts, names=ParameterNames.from_model(model), check_declared_base=check)
+        return plan

@@ -16,12 +16,11 @@ from typing import Any
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from merge_proxy.engine import MergeMethod, build_plan
+from merge_proxy.engine import MergeMethod
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve, resolve_experts
-from merge_proxy.inplace import InPlaceMerger
+from merge_proxy.inplace import InPlaceMerger, PlanPrefetch
 from merge_proxy.mixture import Mixture
-from merge_proxy.naming import ParameterNames
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +95,12 @@ class MergeProxy(lmms):
                 f"in-process transformers backend ({', '.join(sorted(set(DEFAULT_BACKENDS.values())))}), "
                 "or export the merge with `merge-proxy merge` and evaluate that"
             )
+        # The experts are read and checked while the backend loads the base.
+        prefetch = PlanPrefetch(self.base, self.experts, check_declared_base=_truthy(ours.get("base_check", True)))
         self.backend = self._build_backend(self.backend_name, backend_kwargs)
         self.backend.task_dict = self.task_dict
         module = self._module()
-        plan = build_plan(
-            self.base, self.experts, names=ParameterNames.from_model(module),
-            check_declared_base=_truthy(ours.get("base_check", True)),
-        )
-        self.merger = InPlaceMerger(module, plan, keep_base_on=ours.get("keep_base_on"))
+        self.merger = InPlaceMerger(module, prefetch.result(module), keep_base_on=ours.get("keep_base_on"))
         self.remerge(ours["weights"])
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,8 +134,12 @@ class TrainingSummary:
         return self.global_steps * self.global_batch_size
 
 
-def summary_from_output_dir(output_dir: Path, args: dict[str, Any]) -> TrainingSummary:
-    """Read what LLaMA-Factory left: trainer_state.json (log history) and all_results.json."""
+def summary_from_output_dir(output_dir: Path) -> TrainingSummary:
+    """Read what LLaMA-Factory left: trainer_state.json (log history) and all_results.json.
+
+    The global batch (and so the samples seen) stays unknown: the number of processes that trained
+    is not recorded in the output directory; only the callback, running inside training, knows it.
+    """
     state_path = output_dir / "trainer_state.json"
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     history = state.get("log_history", [])
@@ -144,14 +148,7 @@ def summary_from_output_dir(output_dir: Path, args: dict[str, Any]) -> TrainingS
     return TrainingSummary(
         global_steps=state.get("global_step"), epochs=state.get("epoch"),
         final_loss=losses[-1] if losses else None, train_runtime_s=runtime,
-        global_batch_size=global_batch_size(args, world_size=None),
     )
-
-
-def global_batch_size(args: dict[str, Any], world_size: int | None) -> int | None:
-    per_device = int(args.get("per_device_train_batch_size", 8))
-    accumulation = int(args.get("gradient_accumulation_steps", 1))
-    return per_device * accumulation * world_size if world_size else None
 
 
 def _versions() -> dict[str, str]:

@@ -64,5 +64,5 @@ def publish_directory(
         args = _args_from_dir(output_dir, config)
         args["output_dir"] = str(output_dir)
         base_id = resolve_base_model_id(spec, args)
-        expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir, args), base_id)
+        expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
     return publish_expert(output_dir, spec, expert, base_id, hub)

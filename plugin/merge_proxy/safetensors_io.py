@@ -59,21 +59,37 @@ class SafetensorsReader:
 
     def read(self, key: str) -> torch.Tensor:
         info = self.tensors[key]
+        rows = info.shape[0] if info.shape else 1
+        return self.read_rows(key, 0, rows)
+
+    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor (along its first dimension), read from the file alone.
+
+        Rows are contiguous in the file, so a merge can walk a large tensor in cache-sized pieces
+        without ever holding it whole.
+        """
+        info = self.tensors[key]
+        dtype = DTYPES[info.dtype]
+        rows = info.shape[0] if info.shape else 1
+        row_bytes = info.nbytes // rows if rows else 0
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
+        out = torch.empty(shape, dtype=dtype)
+        nbytes = (stop - start) * row_bytes
+        if nbytes == 0:
+            return out
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        offset = self._data_start + info.start + start * row_bytes
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            data = bytearray(info.nbytes)
-            view = memoryview(data)
             done = 0
-            while done < info.nbytes:
-                n = os.preadv(fd, [view[done:]], self._data_start + info.start + done)
+            while done < nbytes:
+                n = os.preadv(fd, [view[done:]], offset + done)
                 if n == 0:
                     raise OSError(f"{self.path} is truncated (tensor {key!r})")
                 done += n
         finally:
             os.close(fd)
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=DTYPES[info.dtype])
-        return torch.frombuffer(data, dtype=DTYPES[info.dtype]).reshape(info.shape)
+        return out
 
 
 def write_streaming(path: str | Path, specs: list[tuple[str, str, tuple[int, ...]]],
