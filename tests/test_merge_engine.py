@@ -131,6 +131,15 @@ def test_plan_prefetched_while_the_base_loads(tmp_path, tiny_vlm, lora_experts, 
     before = {n: next(iter(f.values())).A.data_ptr() for n, f in plan.lora.items()}
     plan.place_lora("cpu")
     assert {n: next(iter(f.values())).A.data_ptr() for n, f in plan.lora.items()} == before
+    # A base whose config transformers cannot build (remote code): planned from the loaded model.
+    import shutil
+
+    odd = tmp_path / "remote" / tiny_vlm.path.name
+    shutil.copytree(tiny_vlm.path, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**cfg, "architectures": ["RemoteCodeOnlyModel"]}))
+    fallback = PlanPrefetch(resolve(ExpertSpec(str(odd)), for_base=True), resolved).result(model)
+    assert fallback.touched == direct.touched and fallback.names.model_type == direct.names.model_type
     # A problem with an expert surfaces from result(), named as without the prefetch.
     foreign = make_lora_expert(tiny_vlm.path, tmp_path / "bad", seed=9, r=4)
     cfg = json.loads((foreign / "adapter_config.json").read_text())

@@ -114,34 +114,44 @@ class PlanPrefetch:
 
     Loading a 2-8B base onto a GPU takes seconds; reading, checking and staging the experts' LoRA
     factors (hundreds of MB in float32, in pinned memory when a GPU is present) is a good part of
-    that again. Side by side, the proxy is ready about when the base is. The plan is built against
-    the base's config on the meta device; :meth:`result` rebuilds it from the loaded model when that
-    names its parameters otherwise (remote code), so the outcome never differs from building after
-    the load.
+    that again. Side by side, the proxy is ready about when the base is.
+
+    The base's parameter names come from its config on the meta device, built here in the caller's
+    thread: instantiating a transformers model sets process-wide state (the default dtype), which
+    must not race with the load. The thread only reads and checks files and copies tensors.
+    :meth:`result` rebuilds the plan from the loaded model when that names its parameters otherwise
+    (remote code), so the outcome never differs from building it after the load.
     """
 
     def __init__(self, base: ResolvedModel, experts: Sequence[ResolvedModel], check_declared_base: bool = True) -> None:
         self._args = (base, tuple(experts), check_declared_base)
+        try:
+            names = ParameterNames.from_pretrained_dir(base.path)
+        except (MergeProxyError, ValueError, OSError) as err:  # remote code: the plan waits for the model
+            logger.debug("no parameter names from the base's config (%s); planning after the load", err)
+            self._future: Future[MergePlan] | None = None
+            return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-proxy-plan")
-        self._future: Future[MergePlan] = pool.submit(self._build)
+        self._future = pool.submit(self._build, names)
         pool.shutdown(wait=False)
 
-    def _build(self) -> MergePlan:
+    def _build(self, names: ParameterNames) -> MergePlan:
         base, experts, check = self._args
-        plan = build_plan(base, experts, check_declared_base=check)
+        plan = build_plan(base, experts, names=names, check_declared_base=check)
         plan.place_lora("cpu", pin_memory=torch.cuda.is_available())
         return plan
 
     def result(self, model: torch.nn.Module) -> MergePlan:
         """The plan for ``model`` (the base as loaded); waits for the thread."""
         base, experts, check = self._args
-        try:
-            plan = self._future.result()
-        except MergeProxyError as err:
-            # Rebuilt from the model below: a real problem with the experts raises again there,
-            # named against the loaded model's own parameters.
-            logger.debug("plan from the base's config failed (%s); building it from the loaded model", err)
-            plan = None
+        plan = None
+        if self._future is not None:
+            try:
+                plan = self._future.result()
+            except MergeProxyError as err:
+                # Rebuilt from the model below: a real problem with the experts raises again there,
+                # named against the loaded model's own parameters.
+                logger.debug("plan from the base's config failed (%s); building it from the loaded model", err)
         loaded = {name: tuple(t.shape) for name, t in model.state_dict().items()}
         if plan is None or {n: i.shape for n, i in plan.names.params.items()} != loaded:
             plan = build_plan(base, experts, names=ParameterNames.from_model(model), check_declared_base=check)
