@@ -64,7 +64,7 @@ class InPlaceMerger:
         if self._theta0:
             return
         for name, param in self._params.items():
-            if self._keep_base_on is not None and self._keep_base_on != param.device:
+            if self._keep_base_on is not None and not _same_device(self._keep_base_on, param.device):
                 self._theta0[name] = param.data.to(self._keep_base_on, copy=True)
             else:
                 self._theta0[name] = param.data
@@ -107,6 +107,11 @@ class InPlaceMerger:
             else:
                 param.data.copy_(theta0)
         self.mixture = None
+
+
+def _same_device(wanted: torch.device, actual: torch.device) -> bool:
+    """``cuda`` (no index) names whatever GPU the parameter is on."""
+    return wanted.type == actual.type and (wanted.index is None or wanted.index == actual.index)
 
 
 class PlanPrefetch:
