@@ -13,9 +13,10 @@ install: $(STAMP)
 # The torch wheels are CUDA builds (about 7 GB installed). pip keeps every downloaded wheel until the
 # whole install ends, so torch and its NVIDIA libraries go in first, one package per pip call, without
 # pip's cache: the disk peak stays near the installed size instead of installed + downloaded + cached.
+# --no-compile: Python writes bytecode for the modules it imports, not 0.5 GB for every module.
 # pip's downloads and build trees go to a folder beside the venv (same disk, whatever /tmp is).
 PIP_TMP := $(abspath $(VENV))/.pip-tmp
-PIP_INSTALL := TMPDIR=$(PIP_TMP) $(PY) -m pip install --quiet --no-cache-dir -c constraints.txt
+PIP_INSTALL := TMPDIR=$(PIP_TMP) $(PY) -m pip install --quiet --no-cache-dir --no-compile -c constraints.txt
 HEAVY := $(shell sed -n -E 's/^((nvidia-[a-z0-9-]+|triton|torch|torchvision|torchaudio)==.*)$$/\1/p' constraints.txt)
 
 # Measured peak of a fresh install: 9.2 GiB (8.8 GiB stay). Checked up front so that a short disk is
