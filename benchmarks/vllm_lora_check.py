@@ -32,6 +32,7 @@ def main() -> int:
     import vllm
     from safetensors.torch import load_file
     from vllm.config import LoRAConfig
+    from vllm.lora import lora_model as lora_model_module
     from vllm.lora.lora_model import LoRAModel
     from vllm.lora.peft_helper import PEFTHelper
     from vllm.model_executor.models.registry import ModelRegistry
@@ -44,15 +45,14 @@ def main() -> int:
     # vLLM's --max-lora-rank takes a few values only; the smallest that holds the adapter's rank.
     max_rank = min(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= config["r"])
     helper.validate_legal(LoRAConfig(max_lora_rank=max_rank))
-    print(f"[PASS] PEFTHelper.validate_legal with --max-lora-rank {max_rank}; scaling {helper.vllm_lora_scaling_factor}")
+    print(f"[PASS] PEFTHelper.validate_legal with --max-lora-rank {max_rank}; "
+          f"scaling {helper.vllm_lora_scaling_factor}")
 
     model_cls = ModelRegistry._try_load_model_cls(args.architecture)  # no model config needed
     if model_cls is None:
         print(f"[FAIL] vLLM {vllm.__version__} has no model class {args.architecture!r}")
         return 1
     mapper = getattr(model_cls, "hf_to_vllm_mapper", None)
-    import vllm.lora.lora_model as lora_model_module
-
     if not torch.cuda.is_available():  # vLLM pins host copies for a GPU it assumes; there is none here
         lora_model_module.PIN_MEMORY = False
     ours = load_file(args.adapter / "adapter_model.safetensors")
