@@ -80,24 +80,22 @@ def _scaling(cfg: dict, module: str) -> tuple[int, float]:
     return int(r), float(scaling)
 
 
-def _load_adapter_tensors(expert: ResolvedModel, device: str = "cpu") -> dict[str, torch.Tensor]:
+def _load_adapter_tensors(expert: ResolvedModel) -> dict[str, torch.Tensor]:
+    """On the CPU: :meth:`MergePlan.place_lora` moves each expert to the merge's device in one copy."""
     st = expert.path / "adapter_model.safetensors"
     if st.is_file():
         from safetensors.torch import load_file
 
-        # Straight onto the merge's device: one transfer instead of one per factor.
-        return load_file(st, device=device)
+        return load_file(st)
     # Only reachable with allow_pickle (the resolver refused otherwise); weights_only still refuses code.
-    return torch.load(expert.path / "adapter_model.bin", map_location=device, weights_only=True)
+    return torch.load(expert.path / "adapter_model.bin", map_location="cpu", weights_only=True)
 
 
-def load_lora_factors(
-    expert: ResolvedModel, names: ParameterNames, device: torch.device | str = "cpu"
-) -> dict[str, LoraFactor]:
-    """Base parameter name -> LoRA factor (float32, on ``device``), validated against the base."""
+def load_lora_factors(expert: ResolvedModel, names: ParameterNames) -> dict[str, LoraFactor]:
+    """Base parameter name -> LoRA factor (float32, on the CPU), validated against the base."""
     cfg = expert.adapter_config or {}
     _refuse_unsupported_lora(expert, cfg)
-    tensors = {k: v.float() for k, v in _load_adapter_tensors(expert, str(device)).items()}
+    tensors = {k: v.float() for k, v in _load_adapter_tensors(expert).items()}
     label = f"expert {expert.name!r}"
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -178,12 +176,8 @@ class FullExpertReader:
     def params(self) -> set[str]:
         return set(self._where)
 
-    def tensor(self, param: str) -> torch.Tensor:
-        """Read one tensor with a positioned read: no memory map keeps the checkpoint resident."""
-        file, key = self._where[param]
-        return self._reader(file).read(key)
-
     def rows(self, param: str, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` of one tensor (first dimension), read from the file alone."""
+        """Rows ``start:stop`` of one tensor (first dimension), read with a positioned read: no
+        memory map keeps the checkpoint resident."""
         file, key = self._where[param]
         return self._reader(file).read_rows(key, start, stop)

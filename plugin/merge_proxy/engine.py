@@ -188,11 +188,11 @@ class MergePlan:
         block = _CPU_BLOCK_ELEMENTS * max(1, torch.get_num_threads())  # each thread keeps its share in cache
         step = rows if device.type != "cpu" else max(1, block // max(1, base.shape[1]))
         lora = self._lora_product(param, mixture, method, device)
+        coefs = {name: method.coefficient(weight) for name, weight in mixture.weights}
         full = [
-            (reader, method.coefficient(weight))
-            for name, weight in mixture.weights
-            if (reader := self.full.get(name)) is not None and param in reader.params
-            and method.coefficient(weight) != 0.0
+            (self.full[name], coef)
+            for name, coef in coefs.items()
+            if coef != 0.0 and name in self.full and param in self.full[name].params
         ]
         # sum_i c_i (theta_i - theta_0) as sum_i c_i theta_i - (sum_i c_i) theta_0: no float32
         # temporaries per expert (in-place adds promote bf16 to float32 as they go).
@@ -219,14 +219,13 @@ class MergePlan:
         theta0: torch.Tensor,
         mixture: Mixture,
         method: MergeMethod,
-        check_finite: bool = True,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """theta_0 + sum_i c_i * delta_i for one parameter, as a new tensor of ``dtype`` (theta_0's by default)."""
         out = torch.empty(theta0.shape, dtype=dtype or theta0.dtype, device=theta0.device)
         total = self.merge_into(param, theta0, out, mixture, method)
         # One reduction instead of an elementwise mask: inf or nan anywhere makes the sum non-finite.
-        if check_finite and not torch.isfinite(total):
+        if not torch.isfinite(total):
             raise non_finite(param)
         return out
 
@@ -236,13 +235,11 @@ def build_plan(
     experts: Sequence[ResolvedModel],
     names: ParameterNames | None = None,
     check_declared_base: bool = True,
-    device: torch.device | str = "cpu",
 ) -> MergePlan:
     """Validate every expert against the base before any merge work; raise naming the expert and fix.
 
     ``names`` comes from the loaded model when merging in memory; otherwise it is built on the meta
-    device from the base's config. ``device`` is where LoRA factors are loaded (the model's device
-    for an in-memory merge).
+    device from the base's config. LoRA factors are loaded on the CPU (see :meth:`MergePlan.place_lora`).
     """
     if base.kind != "full":
         raise ExpertError(f"the base {base.source!r} is a LoRA adapter; pass the model it adapts as the base")
@@ -257,7 +254,7 @@ def build_plan(
                 "merge experts of one base only (or pass --no-base-check if they are the same weights)"
             )
         if expert.kind == "lora":
-            plan.lora[expert.name] = load_lora_factors(expert, names, device)
+            plan.lora[expert.name] = load_lora_factors(expert, names)
         else:
             plan.full[expert.name] = FullExpertReader(expert, names)
     logger.info(

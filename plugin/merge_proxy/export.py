@@ -2,8 +2,9 @@
 
 The full export streams the base checkpoint tensor by tensor (positioned reads, no memory maps),
 merges the touched ones in row blocks that read each full expert's rows from its file, and writes
-each tensor as soon as it is merged: peak memory is about one base tensor, never K models. The LoRA export concatenates the experts' ranks, so the single adapter's
-delta is exactly sum_i c_i * scaling_i * B_i @ A_i (PEFT's ``cat`` combination).
+each tensor as soon as it is merged: peak memory is about one base tensor, never K models. The LoRA
+export concatenates the experts' ranks, so the single adapter's delta is exactly
+sum_i c_i * scaling_i * B_i @ A_i (PEFT's ``cat`` combination).
 """
 
 from __future__ import annotations
