@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from merge_proxy.engine import MergeMethod, build_plan
 from merge_proxy.errors import MergeProxyError
-from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
+from merge_proxy.experts import ExpertSpec, resolve, resolve_experts, resolve_merge_inputs
 from merge_proxy.export import export_full
 from merge_proxy.hub import HubOptions
 
@@ -56,6 +56,7 @@ def test_resolves_by_branch_and_sha_and_fetches_only_needed_files(tmp_path, hub_
     assert [e["pinned"] for e in record["experts"]] == [f"tester/expert-a@{sha_a}", f"tester/expert-f@{sha_f}"]
     readme = (tmp_path / "merged" / "README.md").read_text()
     assert "- tester/qwen2-vl-tiny" in readme and "- tester/expert-a" in readme  # base_model: list of Hub ids
+    assert sha_a in readme and sha_f in readme  # the resolved revisions, in the card too
 
 
 def test_a_commit_sha_pins_old_weights(tmp_path, hub_api, hub, lora_experts):
@@ -67,6 +68,34 @@ def test_a_commit_sha_pins_old_weights(tmp_path, hub_api, hub, lora_experts):
     original = load_file(lora_experts["a"] / "adapter_model.safetensors")
     fetched = load_file(old.path / "adapter_model.safetensors")
     assert all(torch.equal(original[k], fetched[k]) for k in original)
+
+
+def test_intermediate_checkpoints_and_logs_are_not_fetched(hub_api, hub, tiny_vlm, lora_experts, full_experts):
+    """LLaMA-Factory pushes checkpoint-N/ folders (GBs each for a full fine-tune) and runs/ beside the model."""
+    upload(hub_api, full_experts["f2"], "tester/full",
+           extra={"checkpoint-100/model.safetensors": b"\0" * 4096, "checkpoint-100/config.json": b"{}"})
+    upload(hub_api, lora_experts["a"], "tester/lora",
+           extra={"checkpoint-50/adapter_model.safetensors": b"\0" * 64, "checkpoint-50/adapter_config.json": b"{}"})
+    upload(hub_api, tiny_vlm.path, "tester/base",
+           extra={"checkpoint-9/model.safetensors": b"\0" * 64, "runs/x/events.json": b"{}"})
+    base, experts = resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["f=tester/full", "a=tester/lora"], hub=hub)
+    for model in (base, *experts):
+        assert [p.name for p in model.path.iterdir() if p.is_dir()] == [], model.name
+    assert (base.path / "tokenizer.json").is_file() and len(list(experts[0].path.glob("model-*.safetensors"))) > 1
+
+
+def test_every_source_is_checked_before_the_first_download(hub_api, hub, tiny_vlm, lora_experts, full_experts):
+    upload(hub_api, tiny_vlm.path, "tester/base")
+    upload(hub_api, lora_experts["a"], "tester/lora")
+    upload(hub_api, full_experts["f2"], "tester/full")
+    with pytest.raises(MergeProxyError, match="repository tester/typo not found"):
+        resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["a=tester/lora", "t=tester/typo"], hub=hub)
+    with pytest.raises(MergeProxyError, match="--format lora needs LoRA experts only; f are full checkpoints"):
+        resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["a=tester/lora", "f=tester/full"], hub=hub, lora_only=True)
+    with pytest.raises(MergeProxyError, match="base model 'tester/lora' is a LoRA adapter"):
+        resolve_merge_inputs(ExpertSpec.parse("tester/lora"), ["f=tester/full"], hub=hub)
+    cache = Path(hub.cache_dir)
+    assert [p for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts] == []
 
 
 @pytest.mark.parametrize(

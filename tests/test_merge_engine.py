@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -390,3 +391,173 @@ def test_in_place_non_finite_merge_restores_the_base(tmp_path, tiny_vlm, full_ex
         assert torch.equal(v, before[k]), k
     merger.merge({"x": 0.0, "f2": 1.0})  # a weight of 0 never reads the broken expert
     assert merger.mixture is not None and merger.mixture.weight("f2") == 1.0
+
+
+def adapter_copy(expert: Path, out: Path, config: dict | None = None, rename: tuple[str, str] | None = None,
+                 poison: str | None = None) -> Path:
+    """A copy of a LoRA expert with config entries changed, keys renamed, or one value set to nan."""
+    from safetensors.torch import save_file
+
+    out.mkdir()
+    cfg = json.loads((expert / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    tensors = load_file(expert / "adapter_model.safetensors")
+    if rename:
+        tensors = {k.replace(*rename): v for k, v in tensors.items()}
+    if poison:
+        key = sorted(k for k in tensors if poison in k)[0]
+        tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_non_finite_inputs_are_refused_before_any_work(tmp_path, tiny_vlm, lora_experts):
+    with pytest.raises(MergeProxyError, match=r"--scale must be a finite number, got nan"):
+        MergeMethod("task_arithmetic", float("nan"))
+    nan = adapter_copy(lora_experts["a"], tmp_path / "nan", poison="layers.1.mlp.up_proj.lora_B")
+    with pytest.raises(MergeProxyError, match=r"expert 'n': adapter tensor '.*layers\.1\.mlp\.up_proj\.lora_B.*inf or nan"):
+        plan_for(tiny_vlm.path, {"n": nan})
+    out = tmp_path / "out"
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"n={nan}", "--weights", "n=1", "--format", "lora",
+                     "--out", str(out))
+    assert proc.returncode == 2 and "inf or nan" in proc.stderr
+    assert not out.exists()
+
+
+def test_fan_in_fan_out_on_linear_layers_is_ignored_as_peft_ignores_it(tmp_path, tiny_vlm, lora_experts):
+    """PEFT applies fan_in_fan_out to Conv1D layers only; an adapter of nn.Linear layers saying true
+    merges exactly as PEFT merges it (here: its config copied from a GPT-2 recipe)."""
+    from peft import PeftModel
+
+    flagged = adapter_copy(lora_experts["a"], tmp_path / "fifo", config={"fan_in_fan_out": True})
+    plan = plan_for(tiny_vlm.path, {"a": flagged})
+    method = MergeMethod()
+    export_full(plan, plan.mixture({"a": 1.0}, method), method, tmp_path / "merged")
+    ours = load_base(tmp_path / "merged").state_dict()
+    reference = PeftModel.from_pretrained(load_base(tiny_vlm.path), flagged).merge_and_unload().state_dict()
+    base = load_base(tiny_vlm.path).state_dict()
+    assert sum(not torch.equal(reference[k], base[k]) for k in reference) == 14
+    for key in reference:
+        assert_close_rel(ours[key], reference[key], name=key)
+
+
+def test_lora_format_names_modules_as_the_base_holds_them(tmp_path, tiny_vlm, lora_experts):
+    """An expert saved with transformers 4 naming (model.layers...) next to one saved with transformers 5
+    naming: the one adapter uses the base's in-memory names, and its config is clean and pinned."""
+    from peft import PeftModel
+
+    old = adapter_copy(lora_experts["a"], tmp_path / "old", rename=("model.language_model.layers", "model.layers"),
+                       config={"layers_to_transform": [0]})
+    experts = {"a": old, "b": lora_experts["b"]}
+    weights = {"a": 0.4, "b": 0.6}
+    plan = plan_for(tiny_vlm.path, experts)
+    method = MergeMethod()
+    export_lora(plan, plan.mixture(weights, method), method, tmp_path / "lora")
+    keys = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    assert all(".model.language_model.layers." in k for k in keys), sorted(keys)[:2]
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_vlm.path.resolve())
+    assert "layers_to_transform" not in config and config["revision"] is None
+    merged = PeftModel.from_pretrained(load_base(tiny_vlm.path), tmp_path / "lora").merge_and_unload().state_dict()
+    reference = peft_reference(tiny_vlm.path, {"a": lora_experts["a"], "b": lora_experts["b"]}, weights)
+    for key in reference:
+        assert_close_rel(merged[key], reference[key], name=key)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"init_lora_weights": "pissa_niter_4"}, "init_lora_weights='pissa_niter_4' saved without conversion"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights='olora'"),
+        ({"init_lora_weights": "loftq"}, "init_lora_weights='loftq'"),
+        ({"alora_invocation_tokens": [3, 4]}, "aLoRA"),
+        ({"use_qalora": True}, "QALoRA"),
+        ({"lora_bias": True}, "lora_bias"),
+    ],
+)
+def test_refuses_adapters_that_are_not_a_delta_of_this_base(tmp_path, tiny_vlm, lora_experts, config, message):
+    variant = adapter_copy(lora_experts["a"], tmp_path / "variant", config=config)
+    with pytest.raises(MergeProxyError, match=rf"expert 'v'.*{re.escape(message)}.*would not be merged exactly"):
+        plan_for(tiny_vlm.path, {"v": variant})
+
+
+def test_experts_that_leave_a_weight_alone_leave_it_bit_identical(tmp_path, tiny_vlm):
+    """task_arithmetic with weights far from summing to 1: every weight an expert did not change stays
+    exactly the base's (frozen parts such as the vision tower), not theta_0 * (1 - sum w) rounded."""
+    same = {n: make_full_expert(tiny_vlm.path, tmp_path / n, seed=i, only=()) for i, n in enumerate(("s1", "s2"))}
+    plan = plan_for(tiny_vlm.path, same)
+    method = MergeMethod("task_arithmetic", 0.9)
+    export_full(plan, plan.mixture({"s1": 3.0, "s2": -2.2}, method), method, tmp_path / "merged")
+    ours = load_file(tmp_path / "merged" / "model.safetensors")
+    base = load_file(tiny_vlm.path / "model.safetensors")
+    assert ours.keys() == base.keys()
+    assert [k for k in base if not torch.equal(ours[k], base[k])] == []
+
+
+def test_in_place_merge_does_not_depend_on_the_callers_expert_order(tiny_vlm, lora_experts):
+    from merge_proxy.mixture import Mixture
+
+    merger = InPlaceMerger(load_base(tiny_vlm.path), plan_for(tiny_vlm.path, lora_experts))
+    merger.merge(LORA_WEIGHTS)
+    first = {k: v.clone() for k, v in merger.model.state_dict().items()}
+    merger.merge(Mixture(tuple(reversed(list(LORA_WEIGHTS.items())))))
+    assert [k for k, v in merger.model.state_dict().items() if not torch.equal(v, first[k])] == []
+
+
+def test_sigterm_mid_export_leaves_no_directory(tmp_path, monkeypatch, tiny_vlm, full_experts):
+    """SLURM's time limit or scancel sends SIGTERM: the CLI unwinds like Ctrl-C and removes the partial output."""
+    import os
+    import signal
+
+    import merge_proxy.export
+    from merge_proxy.cli import main
+
+    real = merge_proxy.export.write_streaming
+
+    def write_then_terminated(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(merge_proxy.export, "write_streaming", write_then_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    rc = main(["merge", "--base", str(tiny_vlm.path), "--expert", f"f={full_experts['f1']}", "--weights", "f=1",
+               "--out", str(out)])
+    assert rc == 143
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_pickle_full_checkpoints_are_refused_with_the_fix(tmp_path, tiny_vlm):
+    pickled = tmp_path / "pickled-full"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((tiny_vlm.path / "config.json").read_bytes())
+    torch.save(load_file(tiny_vlm.path / "model.safetensors"), pickled / "pytorch_model.bin")
+    with pytest.raises(MergeProxyError, match=r"--allow-pickle covers LoRA adapters only.*save_pretrained"):
+        resolve_experts([f"p={pickled}"], allow_pickle=True)
+
+
+def test_base_tensors_transformers_converts_are_copied_through(tmp_path):
+    """A Mixtral base (its experts' weights fused by transformers on load) with a LoRA on q_proj: the
+    untouched MoE tensors are written as the base has them, the merge equals PEFT's."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1)
+    torch.manual_seed(0)
+    MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    peft_model = get_peft_model(MixtralForCausalLM.from_pretrained(tmp_path / "moe"),
+                                LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "moe-lora")
+    plan = plan_for(tmp_path / "moe", {"q": tmp_path / "moe-lora"})
+    method = MergeMethod()
+    export_full(plan, plan.mixture({"q": 1.0}, method), method, tmp_path / "merged")
+    assert load_file(tmp_path / "merged" / "model.safetensors").keys() == load_file(tmp_path / "moe" / "model.safetensors").keys()
+    ours = MixtralForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    base = MixtralForCausalLM.from_pretrained(tmp_path / "moe")
+    reference = PeftModel.from_pretrained(base, tmp_path / "moe-lora").merge_and_unload().state_dict()
+    assert sorted(k for k in reference if not torch.equal(reference[k], ours[k]) and "q_proj" not in k) == []
+    for key in reference:
+        assert_close_rel(ours[key], reference[key], name=key)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from merge_proxy import __version__
@@ -61,14 +63,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # one line per HTTP request drowns what the user needs to see
         for noisy in ("httpx", "httpcore", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    previous = _terminate_as_interrupt()
     try:
         return int(args.handler(args) or 0)
     except MergeProxyError as err:
         print(f"merge-proxy {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except _Terminated:
+        print(f"merge-proxy {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"merge-proxy {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's time limit, ``scancel``, ``kill``) raised like Ctrl-C in the main thread."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM unwind like Ctrl-C, so atomic outputs and journals clean up instead of leaving a
+    partial directory; returns the previous handler (None when not in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 _LORA_KEY_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 _PEFT_PREFIX = "base_model.model."
+#: Initialisations that also change the base weights (PiSSA, OLoRA, CorDA: a residual of the
+#: principal components; LoftQ: a quantised base). Their adapters add to that modified base.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,17 @@ def _refuse_unsupported_lora(expert: ResolvedModel, cfg: dict) -> None:
         problems.append("target_parameters")
     if cfg.get("layer_replication"):
         problems.append("layer_replication")
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        problems.append(
+            f"init_lora_weights={init!r} saved without conversion (its delta is against a modified base; "
+            "save with path_initial_model_for_weight_conversion, or LLaMA-Factory's pissa_convert, to get "
+            "a plain LoRA)"
+        )
+    if cfg.get("alora_invocation_tokens"):
+        problems.append("aLoRA (alora_invocation_tokens: active only after its invocation tokens)")
+    if cfg.get("use_qalora"):
+        problems.append("QALoRA (use_qalora: A reads pooled inputs)")
     if problems:
         raise ExpertError(
             f"{label} uses {'; '.join(problems)}, which is not a plain weight delta and would not be "
@@ -97,6 +111,12 @@ def load_lora_factors(expert: ResolvedModel, names: ParameterNames) -> dict[str,
     _refuse_unsupported_lora(expert, cfg)
     tensors = {k: v.float() for k, v in _load_adapter_tensors(expert).items()}
     label = f"expert {expert.name!r}"
+    for key, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ExpertError(
+                f"{label}: adapter tensor {key!r} holds inf or nan values; the training diverged or the "
+                "file is damaged: retrain the expert or publish a healthy checkpoint"
+            )
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         suffix = next((s for s in _LORA_KEY_SUFFIXES if key.endswith(s)), None)
@@ -120,10 +140,15 @@ def load_lora_factors(expert: ResolvedModel, names: ParameterNames) -> dict[str,
                 f"({names.model_type}); was this expert trained from a different base?"
             )
         if param in factors:
-            raise NamingError(f"{label}: modules {factors[param].module!r} and {module!r} both map to {param!r}")
+            raise NamingError(
+                f"{label}: modules {factors[param].module!r} and {module!r} both map to {param!r}; the adapter "
+                "holds the same layer twice (two naming generations mixed): keep one of the two keys"
+            )
         r, scaling = _scaling(cfg, module)
         A, B = ab["lora_A"], ab["lora_B"]
-        transpose = bool(cfg.get("fan_in_fan_out"))
+        # As PEFT does: fan_in_fan_out applies to transformers' Conv1D layers (always), never to
+        # nn.Linear, whatever the config says.
+        transpose = names.is_conv1d(param)
         shape = (B.shape[0], A.shape[1]) if not transpose else (A.shape[1], B.shape[0])
         if A.shape[0] != r or B.shape[1] != r:
             raise ExpertError(f"{label}: {module!r} has rank {A.shape[0]}x{B.shape[1]}, config says r={r}")
@@ -149,14 +174,21 @@ class FullExpertReader:
         if not index:
             raise ExpertError(f"{label}: no safetensors weights in {expert.path}")
         for key, file in index.items():
-            param = names.checkpoint_to_memory(key)
+            try:
+                param = names.checkpoint_to_memory(key)
+            except NamingError as err:
+                raise NamingError(f"{label}: {err}") from None
             if param is None:
                 raise NamingError(
                     f"{label}: checkpoint tensor {key!r} matches no parameter of the base model "
                     f"({names.model_type}); was this expert trained from a different base?"
                 )
             if param in self._where:
-                raise NamingError(f"{label}: tensors {self._where[param][1]!r} and {key!r} both map to {param!r}")
+                raise NamingError(
+                    f"{label}: tensors {self._where[param][1]!r} and {key!r} both map to {param!r}; the "
+                    "checkpoint holds the same weight twice (two naming generations mixed): re-save it with "
+                    "transformers' save_pretrained"
+                )
             self._where[param] = (file, key)
         self._readers: dict[Path, SafetensorsReader] = {}
         for param, (file, key) in self._where.items():

@@ -10,6 +10,7 @@ expert touches are never rewritten. The CLI export, the lmms-eval model and swee
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -45,6 +46,8 @@ class MergeMethod:
             raise MergeError(f"unknown merge method {self.name!r}; choose linear or task_arithmetic")
         if self.name == "linear" and self.scale != 1.0:
             raise MergeError("--scale applies to task_arithmetic only; linear weights already sum to 1")
+        if not math.isfinite(self.scale):
+            raise MergeError(f"--scale must be a finite number, got {self.scale}")
 
     def coefficient(self, weight: float) -> float:
         return weight * (self.scale if self.name == "task_arithmetic" else 1.0)
@@ -194,19 +197,19 @@ class MergePlan:
             for name, coef in coefs.items()
             if coef != 0.0 and name in self.full and param in self.full[name].params
         ]
-        # sum_i c_i (theta_i - theta_0) as sum_i c_i theta_i - (sum_i c_i) theta_0: no float32
-        # temporaries per expert (in-place adds promote bf16 to float32 as they go).
-        full_total = sum(coef for _, coef in full)
         total = torch.zeros((), dtype=torch.float32, device=device)
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             acc = base[start:stop].to(device=device, dtype=torch.float32, copy=True)
             if lora is not None:
                 acc.addmm_(lora[0][start:stop], lora[1])
-            for reader, coef in full:
-                acc.add_(reader.rows(param, start, stop).view(acc.shape).to(device), alpha=coef)
-            if full_total:
-                acc.add_(base[start:stop].to(device), alpha=-full_total)
+            if full:
+                # Each difference theta_i - theta_0 in float32 (exact zero where an expert left a
+                # weight alone, so frozen parts such as a vision tower stay bit-identical to the base).
+                theta0_block = base[start:stop].to(device=device, dtype=torch.float32)
+                for reader, coef in full:
+                    rows_i = reader.rows(param, start, stop).view(acc.shape).to(device=device, dtype=torch.float32)
+                    acc.add_(rows_i.sub_(theta0_block), alpha=coef)
             total += acc.sum()
             dest[start:stop].copy_(acc)
         if target is not out:

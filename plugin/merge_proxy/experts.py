@@ -8,6 +8,8 @@ not the optimizer states LLaMA-Factory may have pushed beside it).
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import logging
 import re
@@ -30,7 +32,7 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", EXPERT_METADATA_FILE)
 _FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", EXPERT_METADATA_FILE)
-_PICKLE_FILES = ("adapter_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+_PICKLE_FILES = ("adapter_model.bin",)
 #: A base model also needs what makes the export loadable: tokenizer, processor, chat template.
 _BASE_EXTRA = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
 
@@ -144,6 +146,12 @@ def _check_weights_present(files: Sequence[str], kind: Kind, label: str, allow_p
     if has_safetensors:
         return
     pickles = [n for n in names if n.endswith(".bin")]
+    if pickles and kind == "full":
+        raise ExpertError(
+            f"{label} has only pickle weights ({', '.join(sorted(pickles))}); full checkpoints are streamed "
+            "from safetensors (--allow-pickle covers LoRA adapters only): re-save it with transformers' "
+            "save_pretrained, which writes safetensors"
+        )
     if pickles and not allow_pickle:
         raise ExpertError(
             f"{label} has only pickle weights ({', '.join(sorted(pickles))}); loading them can run code "
@@ -162,6 +170,86 @@ def _patterns(kind: Kind, allow_pickle: bool, for_base: bool) -> list[str]:
     return patterns
 
 
+@dataclass(frozen=True)
+class _Located:
+    """An expert or base found and checked (kind, weights, revision), before anything is downloaded."""
+
+    spec: ExpertSpec
+    label: str
+    kind: Kind
+    for_base: bool
+    files: tuple[str, ...]
+    """The files at the top of the model's folder (a Hub subfolder's, for a Hub source)."""
+    local: Path | None = None
+    repo_id: str | None = None
+    subfolder: str = ""
+    sha: str | None = None
+
+
+def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOptions) -> _Located:
+    """Find one model and check what it holds, reading only a directory listing or the Hub's file list."""
+    label = f"{'base model' if for_base else 'expert'} {spec.name or spec.source!r}"
+    local = Path(spec.source).expanduser()
+    if local.is_dir():
+        if spec.revision:
+            raise ExpertError(f"{label}: a revision (@{spec.revision}) only applies to Hub repos, not local directories")
+        files = [p.name for p in local.iterdir() if p.is_file()]
+        kind = _kind_from_files(files, label)
+        _check_weights_present(files, kind, label, allow_pickle)
+        return _Located(spec, label, kind, for_base, tuple(files), local=local.resolve())
+    if not _is_hub_source(spec.source):
+        raise ExpertError(
+            f"{label}: {spec.source!r} is neither an existing directory nor a Hub repo id (ORG/NAME[@REV])"
+        )
+    # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the reference
+    # mixture models) are addressed by the folder after the repo id.
+    repo_id, subfolder = _split_subfolder(spec.source)
+    sha, files = repo_files(repo_id, spec.revision, hub)
+    if not _SHA.match(sha or ""):
+        raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
+    if subfolder:
+        files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]
+        if not files:
+            raise ExpertError(f"{label}: {repo_id}@{sha[:10]} has no folder {subfolder!r}")
+    files = [f for f in files if "/" not in f]  # the model's own files, not its checkpoint-N/ folders
+    kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})")
+    _check_weights_present(files, kind, label, allow_pickle)
+    return _Located(spec, label, kind, for_base, tuple(files), repo_id=repo_id, subfolder=subfolder, sha=sha)
+
+
+def _needed_files(located: _Located, allow_pickle: bool) -> list[str]:
+    """The exact files the merge reads, at the model folder's top level only.
+
+    Patterns alone would also match intermediate checkpoints in subfolders (``checkpoint-500/``,
+    several GB each for a full fine-tune), since ``*`` matches ``/`` in the Hub client's filter.
+    """
+    patterns = _patterns(located.kind, allow_pickle, located.for_base)
+    top = [f for f in located.files if any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    prefix = f"{located.subfolder}/" if located.subfolder else ""
+    return [glob.escape(prefix + f) for f in top]
+
+
+def _fetch(located: _Located, *, position: int, allow_pickle: bool, hub: HubOptions) -> ResolvedModel:
+    """Download what a located Hub model needs (nothing for a local one) and read its metadata."""
+    if located.local is not None:
+        path = located.local
+    else:
+        assert located.repo_id is not None and located.sha is not None
+        path = fetch_snapshot(located.repo_id, located.sha, _needed_files(located, allow_pickle), hub)
+        if located.subfolder:
+            path = path / located.subfolder
+    spec = located.spec
+    adapter_config = _read_json(path / "adapter_config.json") if located.kind == "lora" else None
+    metadata = _read_json(path / EXPERT_METADATA_FILE)
+    name = spec.name or (metadata or {}).get("domain") or ("base" if located.for_base else f"expert{position}")
+    resolved = ResolvedModel(
+        name=check_name(str(name)), source=spec.source, path=path, kind=located.kind,
+        repo_id=located.repo_id, revision=located.sha, adapter_config=adapter_config, metadata=metadata,
+    )
+    logger.info("%s: %s %s (%s)", located.label, located.kind, resolved.pinned_source, path)
+    return resolved
+
+
 def resolve(
     spec: ExpertSpec,
     *,
@@ -175,60 +263,47 @@ def resolve(
     The name is the spec's, else the domain in expert.json, else ``expert<position>``.
     """
     hub = hub or HubOptions()
-    label = f"{'base model' if for_base else 'expert'} {spec.name or spec.source!r}"
-    local = Path(spec.source).expanduser()
-    if local.is_dir():
-        if spec.revision:
-            raise ExpertError(f"{label}: a revision (@{spec.revision}) only applies to Hub repos, not local directories")
-        files = [str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()]
-        kind = _kind_from_files(files, label)
-        _check_weights_present(files, kind, label, allow_pickle)
-        path, repo_id, sha = local.resolve(), None, None
-    elif _is_hub_source(spec.source):
-        # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the
-        # reference mixture models) are addressed by the folder after the repo id.
-        repo_id, subfolder = _split_subfolder(spec.source)
-        sha, files = repo_files(repo_id, spec.revision, hub)
-        if subfolder:
-            files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]
-            if not files:
-                raise ExpertError(f"{label}: {repo_id}@{sha[:10]} has no folder {subfolder!r}")
-        kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})")
-        _check_weights_present(files, kind, label, allow_pickle)
-        patterns = _patterns(kind, allow_pickle, for_base)
-        if subfolder:
-            patterns = [f"{subfolder}/{p}" for p in patterns]
-        path = fetch_snapshot(repo_id, sha, patterns, hub)
-        if subfolder:
-            path = path / subfolder
-    else:
-        raise ExpertError(
-            f"{label}: {spec.source!r} is neither an existing directory nor a Hub repo id (ORG/NAME[@REV])"
-        )
-    if sha is not None and not _SHA.match(sha):
-        raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
-    adapter_config = _read_json(path / "adapter_config.json") if kind == "lora" else None
-    metadata = _read_json(path / EXPERT_METADATA_FILE)
-    name = spec.name or (metadata or {}).get("domain") or ("base" if for_base else f"expert{position}")
-    resolved = ResolvedModel(
-        name=check_name(str(name)), source=spec.source, path=path, kind=kind,
-        repo_id=repo_id, revision=sha, adapter_config=adapter_config, metadata=metadata,
-    )
-    logger.info("%s: %s %s (%s)", label, kind, resolved.pinned_source, path)
-    return resolved
+    located = _locate(spec, allow_pickle=allow_pickle, for_base=for_base, hub=hub)
+    return _fetch(located, position=position, allow_pickle=allow_pickle, hub=hub)
 
 
-def resolve_experts(
-    specs: Sequence[ExpertSpec | str],
+def resolve_merge_inputs(
+    base: ExpertSpec,
+    experts: Sequence[ExpertSpec | str],
     *,
     allow_pickle: bool = False,
+    lora_only: bool = False,
     hub: HubOptions | None = None,
-) -> list[ResolvedModel]:
-    """Resolve every expert, naming unnamed ones, and refuse duplicate names before any merge work."""
+) -> tuple[ResolvedModel, list[ResolvedModel]]:
+    """The base and every expert, all located and checked before the first byte is downloaded.
+
+    A typo in the last expert, or a full expert given to a LoRA-only output, fails in seconds
+    instead of after gigabytes of the base were fetched.
+    """
+    hub = hub or HubOptions()
+    parsed = _parse_specs(experts)
+    base_at = _locate(base, allow_pickle=allow_pickle, for_base=True, hub=hub)
+    if base_at.kind != "full":
+        raise ExpertError(f"{base_at.label} is a LoRA adapter; pass the model it adapts as the base")
+    found = [_locate(s, allow_pickle=allow_pickle, for_base=False, hub=hub) for s in parsed]
+    full = [f.spec.name or f.spec.source for f in found if f.kind == "full"]
+    if lora_only and full:
+        raise ExpertError(
+            f"--format lora needs LoRA experts only; {', '.join(full)} are full checkpoints: use --format full"
+        )
+    resolved_base = _fetch(base_at, position=0, allow_pickle=allow_pickle, hub=hub)
+    resolved = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
+    return resolved_base, _check_unique_names(resolved)
+
+
+def _parse_specs(specs: Sequence[ExpertSpec | str]) -> list[ExpertSpec]:
     parsed = [s if isinstance(s, ExpertSpec) else ExpertSpec.parse(s) for s in specs]
     if not parsed:
         raise ExpertError("no experts given; pass at least one NAME=SOURCE")
-    experts = [resolve(s, position=i, allow_pickle=allow_pickle, hub=hub) for i, s in enumerate(parsed)]
+    return parsed
+
+
+def _check_unique_names(experts: list[ResolvedModel]) -> list[ResolvedModel]:
     seen: dict[str, str] = {}
     for e in experts:
         if e.name in seen:
@@ -238,3 +313,17 @@ def resolve_experts(
             )
         seen[e.name] = e.source
     return experts
+
+
+def resolve_experts(
+    specs: Sequence[ExpertSpec | str],
+    *,
+    allow_pickle: bool = False,
+    hub: HubOptions | None = None,
+) -> list[ResolvedModel]:
+    """Resolve every expert, naming unnamed ones; all are located and checked before any download,
+    and duplicate names are refused before any merge work."""
+    hub = hub or HubOptions()
+    found = [_locate(s, allow_pickle=allow_pickle, for_base=False, hub=hub) for s in _parse_specs(specs)]
+    resolved = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
+    return _check_unique_names(resolved)

@@ -158,7 +158,8 @@ def export_full(
         for i in indices:
             key = entries[i][0]
             tensor = readers[index[key]].read(key)
-            param = plan.names.checkpoint_to_memory(key)
+            # Keys transformers converts on load (fused MoE experts) carry no delta: copied as they are.
+            param = plan.names.checkpoint_to_memory(key, converted_ok=True)
             cast = out_dtype if out_dtype is not None and tensor.is_floating_point() else None
             if param in touched:
                 # Cast once, from the float32 accumulator straight to the output dtype.
@@ -209,18 +210,45 @@ def combined_lora(plan: MergePlan, mixture: Mixture, method: MergeMethod) -> tup
     targets: list[str] = []
     for param in plan.touched:
         entries = modules[param]
-        first = entries[0][1]
         A = torch.cat([f.A.float() * (c * f.scaling) for c, f in entries], dim=0)
         B = torch.cat([f.B.float() for _, f in entries], dim=1)
         pad = rank - A.shape[0]
         if pad:
             A = torch.cat([A, A.new_zeros(pad, A.shape[1])], dim=0)
             B = torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
-        prefix = f"base_model.model.{first.module}"
+        # Named by the base's in-memory module, whatever naming generation each expert was saved in.
+        module = param.removesuffix(".weight")
+        prefix = f"base_model.model.{module}"
         tensors[f"{prefix}.lora_A.weight"] = A.contiguous()
         tensors[f"{prefix}.lora_B.weight"] = B.contiguous()
-        targets.append(first.module)
+        targets.append(module)
     return tensors, rank, targets
+
+
+def combined_lora_config(plan: MergePlan, rank: int, targets: list[str]) -> dict:
+    """A clean adapter_config.json: nothing of one expert's config (layers_to_transform, its own
+    revision, ...) leaks into an adapter that is all of them; the base is pinned as resolved."""
+    transpose = any(f.transpose for factors in plan.lora.values() for f in factors.values())
+    first = plan.experts[0].adapter_config or {}
+    return {
+        "peft_type": "LORA",
+        "task_type": first.get("task_type"),
+        "base_model_name_or_path": plan.base.source if plan.base.repo_id else str(plan.base.path),
+        "revision": plan.base.revision,
+        "r": rank,
+        "lora_alpha": rank,  # scaling 1: the factors already carry every expert's weight and scaling
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": transpose,
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
 
 
 def export_lora(
@@ -232,12 +260,7 @@ def export_lora(
     tensors, rank, targets = combined_lora(plan, mixture, method)
     out_dtype = DTYPES[dtype] or torch.float32  # float32 by default: the product stays exact
     tensors = {k: v.to(out_dtype) for k, v in tensors.items()}
-    config = dict(plan.experts[0].adapter_config or {})
-    config.update(
-        r=rank, lora_alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={}, lora_dropout=0.0,
-        use_dora=False, target_modules=targets, base_model_name_or_path=plan.base.repo_id or plan.base.source,
-        inference_mode=True,
-    )
+    config = combined_lora_config(plan, rank, targets)
     record = provenance(plan, mixture, method, "lora", dtype)
     with atomic_output_dir(out_dir) as staging:
         save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})

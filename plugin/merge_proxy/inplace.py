@@ -74,9 +74,9 @@ class InPlaceMerger:
     def merge(self, weights: Mixture | Mapping[str, float] | str, method: MergeMethod | None = None) -> Mixture:
         """Set the model's touched parameters to the merge for ``weights``; returns the checked mixture."""
         method = method or self.method or MergeMethod()
-        mixture = weights if isinstance(weights, Mixture) else self.plan.mixture(weights, method)
-        if isinstance(weights, Mixture):
-            self.plan.mixture(mixture.as_dict(), method)  # same validation for pre-built mixtures
+        # Pre-built mixtures are checked the same way and put in the plan's expert order, so a
+        # merge sums the experts in one order whatever order the caller listed them in.
+        mixture = self.plan.mixture(weights.as_dict() if isinstance(weights, Mixture) else weights, method)
         started = time.perf_counter()
         self._detach_base()
         sums = [

@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 
 from merge_proxy.engine import MergeMethod
 from merge_proxy.errors import ConfigError
-from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve, resolve_experts
+from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve_merge_inputs
 from merge_proxy.inplace import InPlaceMerger, PlanPrefetch
 from merge_proxy.mixture import Mixture
 
@@ -110,9 +110,10 @@ class MergeProxy(lmms):
 
         state = PartialState()
         with state.local_main_process_first():
-            base = resolve(ExpertSpec.parse(str(pretrained)), allow_pickle=allow_pickle, for_base=True)
-            resolved = resolve_experts([ExpertSpec.parse(s) for s in _split_list(experts)], allow_pickle=allow_pickle)
-        return base, resolved
+            return resolve_merge_inputs(
+                ExpertSpec.parse(str(pretrained)), [ExpertSpec.parse(s) for s in _split_list(experts)],
+                allow_pickle=allow_pickle,
+            )
 
     @staticmethod
     def _default_backend(base: ResolvedModel) -> str:

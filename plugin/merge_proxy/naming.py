@@ -45,6 +45,9 @@ class ParameterNames:
         self.model_type: str = config.model_type
         self._prefix: str = getattr(model, "base_model_prefix", "") or ""
         self._meta_state = model.state_dict()
+        self._conv1d: frozenset[str] = frozenset(
+            f"{name}.weight" for name, module in model.named_modules() if type(module).__name__ == "Conv1D"
+        )
         self.params: dict[str, ParamInfo] = {
             name: ParamInfo(name, tuple(t.shape)) for name, t in self._meta_state.items()
         }
@@ -79,11 +82,12 @@ class ParameterNames:
         """From a loaded transformers model (the lmms-eval path): no second instantiation."""
         return cls(model.config, model)
 
-    def checkpoint_to_memory(self, key: str) -> str | None:
+    def checkpoint_to_memory(self, key: str, converted_ok: bool = False) -> str | None:
         """The in-memory name of a checkpoint key, or None when it names no base parameter.
 
         A key that only a WeightConverter (fusing or splitting tensors) would load is not a 1:1
-        parameter and is refused: a weight delta cannot be placed on it exactly.
+        parameter and is refused: a weight delta cannot be placed on it exactly. An export copying
+        the base's untouched tensors passes ``converted_ok`` and gets None for such keys instead.
         """
         from transformers.core_model_loading import rename_source_key
 
@@ -93,11 +97,17 @@ class ParameterNames:
             key, self._renamings, self._converters, prefix=self._prefix, meta_state_dict=self._meta_state
         )
         if pattern is not None:
+            if converted_ok:
+                return None
             raise NamingError(
                 f"checkpoint tensor {key!r} is converted (not only renamed) by transformers when loading "
                 f"{self.model_type}; merge-proxy cannot place a weight delta on it"
             )
         return renamed if renamed in self.params else None
+
+    def is_conv1d(self, param: str) -> bool:
+        """Whether ``param`` is the weight of a transformers ``Conv1D`` (stored in x out, as GPT-2's)."""
+        return param in self._conv1d
 
     def module_to_param(self, module_path: str, suffix: str = "weight") -> str | None:
         """The in-memory parameter of a LoRA target module path, in either naming generation."""

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from merge_proxy.engine import MergeMethod, build_plan
-    from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
+    from merge_proxy.experts import ExpertSpec, resolve_merge_inputs
     from merge_proxy.atomic import check_new_output_dir
     from merge_proxy.export import export_full, export_lora
     from merge_proxy.mixture import make_mixture
@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     specs = [ExpertSpec.parse(e) for e in args.expert]
     if all(s.name for s in specs):  # check the weights before any download or file read
         make_mixture(args.weights, [s.name for s in specs], method.name)
-    base = resolve(ExpertSpec.parse(args.base), allow_pickle=args.allow_pickle, for_base=True)
-    experts = resolve_experts(specs, allow_pickle=args.allow_pickle)
+    base, experts = resolve_merge_inputs(
+        ExpertSpec.parse(args.base), specs, allow_pickle=args.allow_pickle, lora_only=args.fmt == "lora"
+    )
     plan = build_plan(base, experts, check_declared_base=not args.no_base_check)
     mixture = plan.mixture(args.weights, method)
     export = export_lora if args.fmt == "lora" else export_full
