@@ -214,7 +214,7 @@ def check_serving(adapter: Path, base: Path, merged: Path, atol: float, max_toke
 
     differ = sum(a["token_ids"] != p["token_ids"] for a, p in zip(with_lora, without))
     first = max(abs(a["logprobs"][0][t] - p["logprobs"][0][t]) for a, p in zip(with_lora, without)
-                for t in a["logprobs"][0].keys() & p["logprobs"][0].keys())
+                for t in a["logprobs"][0].keys() & p["logprobs"][0].keys()), default=0.0)
     line = (f"BASE without the adapter differs: greedy tokens differ on {differ}/{len(PROMPTS)} prompts, "
             f"max |first-token logprob difference| {first:.2e}")
     if differ:

@@ -78,10 +78,25 @@ def test_intermediate_checkpoints_and_logs_are_not_fetched(hub_api, hub, tiny_vl
            extra={"checkpoint-50/adapter_model.safetensors": b"\0" * 64, "checkpoint-50/adapter_config.json": b"{}"})
     upload(hub_api, tiny_vlm.path, "tester/base",
            extra={"checkpoint-9/model.safetensors": b"\0" * 64, "runs/x/events.json": b"{}"})
+    upload(hub_api, tiny_vlm.path, "tester/trained-base", extra={"trainer_state.json": b"{}"})
     base, experts = resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["f=tester/full", "a=tester/lora"], hub=hub)
     for model in (base, *experts):
         assert [p.name for p in model.path.iterdir() if p.is_dir()] == [], model.name
     assert (base.path / "tokenizer.json").is_file() and len(list(experts[0].path.glob("model-*.safetensors"))) > 1
+    # --format lora reads the base's config only: its weights and training logs stay on the Hub.
+    base, _ = resolve_merge_inputs(ExpertSpec.parse("tester/trained-base"), ["a=tester/lora"], hub=hub, lora_only=True)
+    assert (base.path / "config.json").is_file() and (base.path / "tokenizer.json").is_file()
+    assert not list(base.path.glob("*.safetensors")) and not (base.path / "trainer_state.json").exists()
+
+
+def test_a_repo_of_model_folders_names_them(hub_api, hub, lora_experts):
+    hub_api.create_repo("tester/mixtures")
+    hub_api.upload_folder(repo_id="tester/mixtures", folder_path=lora_experts["a"], path_in_repo="general-0.5",
+                          ignore_patterns=["README.md"])
+    with pytest.raises(MergeProxyError, match=r"its folders: general-0.5: name one as ORG/NAME/FOLDER"):
+        resolve_experts(["x=tester/mixtures"], hub=hub)
+    [expert] = resolve_experts(["x=tester/mixtures/general-0.5"], hub=hub)
+    assert expert.kind == "lora" and (expert.path / "adapter_model.safetensors").is_file()
 
 
 def test_every_source_is_checked_before_the_first_download(hub_api, hub, tiny_vlm, lora_experts, full_experts):

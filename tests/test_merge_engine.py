@@ -561,3 +561,37 @@ def test_base_tensors_transformers_converts_are_copied_through(tmp_path):
     assert sorted(k for k in reference if not torch.equal(reference[k], ours[k]) and "q_proj" not in k) == []
     for key in reference:
         assert_close_rel(ours[key], reference[key], name=key)
+    # A full expert saved in the loaded (fused) format changes a parameter this base stores only
+    # per expert: refused before anything is written, never silently left out.
+    fused = MixtralForCausalLM.from_pretrained(tmp_path / "moe")
+    with torch.no_grad():
+        fused.model.layers[0].mlp.experts.gate_up_proj.add_(0.01)
+    fused.save_pretrained(tmp_path / "fused", save_original_format=False)
+    plan = plan_for(tmp_path / "moe", {"fused": tmp_path / "fused"})
+    with pytest.raises(MergeProxyError, match=r"experts change 'model\.layers\.0\.mlp\.experts\.gate_up_proj'.*converts on load"):
+        export_full(plan, plan.mixture({"fused": 1.0}, method), method, tmp_path / "not-written")
+    assert not (tmp_path / "not-written").exists()
+
+
+def test_sigterm_unwinds_this_process_only(tmp_path):
+    """Forked children (datasets.map workers, pools stopped with SIGTERM) inherit the handler and
+    must die by the default action, not raise and print a traceback in every worker."""
+    import multiprocessing
+    import signal
+    import time
+
+    from merge_proxy.cli import _terminate_as_interrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    restore = _terminate_as_interrupt()
+    assert restore is not None
+    try:
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        child.start()
+        time.sleep(0.5)
+        child.terminate()
+        child.join(10)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from merge_proxy import __version__
 from merge_proxy.errors import MergeProxyError
@@ -63,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # one line per HTTP request drowns what the user needs to see
         for noisy in ("httpx", "httpcore", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    previous = _terminate_as_interrupt()
+    # Commands that write outputs which must appear whole or not at all unwind on SIGTERM as on
+    # Ctrl-C; the others (train: torchrun runs its own SIGTERM shutdown) keep the default.
+    restore = _terminate_as_interrupt() if getattr(args, "unwind_on_sigterm", False) else None
     try:
         return int(args.handler(args) or 0)
     except MergeProxyError as err:
@@ -76,24 +79,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"merge-proxy {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if restore is not None:
+            restore()
 
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (SLURM's time limit, ``scancel``, ``kill``) raised like Ctrl-C in the main thread."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
-def _terminate_as_interrupt():
+def _terminate_as_interrupt() -> Callable[[], None] | None:
     """Make SIGTERM unwind like Ctrl-C, so atomic outputs and journals clean up instead of leaving a
-    partial directory; returns the previous handler (None when not in the main thread)."""
+    partial directory; returns what puts the previous handler back (None off the main thread).
+
+    Only this process unwinds: forked children (datasets.map workers, multiprocessing pools, which
+    are stopped with SIGTERM) inherit the handler and die by the default action instead. A second
+    SIGTERM during the clean-up kills at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() != owner:
+            os.kill(os.getpid(), signum)
+            return
+        raise _Terminated()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    return restore
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -203,13 +203,12 @@ class MergePlan:
             acc = base[start:stop].to(device=device, dtype=torch.float32, copy=True)
             if lora is not None:
                 acc.addmm_(lora[0][start:stop], lora[1])
-            if full:
-                # Each difference theta_i - theta_0 in float32 (exact zero where an expert left a
-                # weight alone, so frozen parts such as a vision tower stay bit-identical to the base).
-                theta0_block = base[start:stop].to(device=device, dtype=torch.float32)
-                for reader, coef in full:
-                    rows_i = reader.rows(param, start, stop).view(acc.shape).to(device=device, dtype=torch.float32)
-                    acc.add_(rows_i.sub_(theta0_block), alpha=coef)
+            # Each difference theta_i - theta_0 in float32 (exact zero where an expert left a weight
+            # alone, so frozen parts such as a vision tower stay bit-identical to the base); the
+            # in-place subtraction promotes theta_0 exactly, with no float32 copy of it.
+            for reader, coef in full:
+                rows_i = reader.rows(param, start, stop).view(acc.shape).to(device=device, dtype=torch.float32)
+                acc.add_(rows_i.sub_(base[start:stop].to(device)), alpha=coef)
             total += acc.sum()
             dest[start:stop].copy_(acc)
         if target is not out:

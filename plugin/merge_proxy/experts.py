@@ -35,6 +35,8 @@ _FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", E
 _PICKLE_FILES = ("adapter_model.bin",)
 #: A base model also needs what makes the export loadable: tokenizer, processor, chat template.
 _BASE_EXTRA = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
+#: JSON files that are training logs, not part of a model (LLaMA-Factory and the Trainer write them).
+_TRAINING_LOGS = ("trainer_state.json", "all_results.json", "train_results.json", "eval_results.json")
 
 
 class ExpertError(MergeProxyError):
@@ -126,15 +128,16 @@ def _read_json(path: Path) -> dict | None:
         raise ExpertError(f"{path} is not valid JSON ({err}); re-publish or repair the file") from None
 
 
-def _kind_from_files(files: Sequence[str], label: str) -> Kind:
+def _kind_from_files(files: Sequence[str], label: str, folders: Sequence[str] = ()) -> Kind:
     names = {Path(f).name for f in files}
     if "adapter_config.json" in names:
         return "lora"
     if "config.json" in names:
         return "full"
+    hint = f" (its folders: {', '.join(sorted(folders)[:5])}: name one as ORG/NAME/FOLDER)" if folders else ""
     raise ExpertError(
         f"{label} holds neither a PEFT adapter (adapter_config.json) nor a transformers checkpoint "
-        "(config.json); point it at the directory LLaMA-Factory wrote (output_dir)"
+        f"(config.json){hint}; point it at the directory LLaMA-Factory wrote (output_dir)"
     )
 
 
@@ -211,31 +214,39 @@ def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOpt
         files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]
         if not files:
             raise ExpertError(f"{label}: {repo_id}@{sha[:10]} has no folder {subfolder!r}")
+    folders = {f.split("/", 1)[0] for f in files if "/" in f}
     files = [f for f in files if "/" not in f]  # the model's own files, not its checkpoint-N/ folders
-    kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})")
+    kind = _kind_from_files(files, f"{label} ({spec.source}@{sha[:10]})", sorted(folders))
     _check_weights_present(files, kind, label, allow_pickle)
     return _Located(spec, label, kind, for_base, tuple(files), repo_id=repo_id, subfolder=subfolder, sha=sha)
 
 
-def _needed_files(located: _Located, allow_pickle: bool) -> list[str]:
+def _needed_files(located: _Located, allow_pickle: bool, weights: bool = True) -> list[str]:
     """The exact files the merge reads, at the model folder's top level only.
 
     Patterns alone would also match intermediate checkpoints in subfolders (``checkpoint-500/``,
     several GB each for a full fine-tune), since ``*`` matches ``/`` in the Hub client's filter.
+    ``weights=False`` leaves out a base's weights when only its config is read (``--format lora``).
     """
     patterns = _patterns(located.kind, allow_pickle, located.for_base)
-    top = [f for f in located.files if any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    top = [
+        f for f in located.files
+        if any(fnmatch.fnmatchcase(f, p) for p in patterns) and f not in _TRAINING_LOGS
+        and (weights or not f.endswith(".safetensors"))
+    ]
     prefix = f"{located.subfolder}/" if located.subfolder else ""
     return [glob.escape(prefix + f) for f in top]
 
 
-def _fetch(located: _Located, *, position: int, allow_pickle: bool, hub: HubOptions) -> ResolvedModel:
+def _fetch(
+    located: _Located, *, position: int, allow_pickle: bool, hub: HubOptions, weights: bool = True
+) -> ResolvedModel:
     """Download what a located Hub model needs (nothing for a local one) and read its metadata."""
     if located.local is not None:
         path = located.local
     else:
         assert located.repo_id is not None and located.sha is not None
-        path = fetch_snapshot(located.repo_id, located.sha, _needed_files(located, allow_pickle), hub)
+        path = fetch_snapshot(located.repo_id, located.sha, _needed_files(located, allow_pickle, weights), hub)
         if located.subfolder:
             path = path / located.subfolder
     spec = located.spec
@@ -291,7 +302,8 @@ def resolve_merge_inputs(
         raise ExpertError(
             f"--format lora needs LoRA experts only; {', '.join(full)} are full checkpoints: use --format full"
         )
-    resolved_base = _fetch(base_at, position=0, allow_pickle=allow_pickle, hub=hub)
+    # A LoRA-format output reads the base's config only: its weights (GBs) are not fetched.
+    resolved_base = _fetch(base_at, position=0, allow_pickle=allow_pickle, hub=hub, weights=not lora_only)
     resolved = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
     return resolved_base, _check_unique_names(resolved)
 

@@ -121,6 +121,23 @@ def _shards(entries: list[tuple[str, str, tuple[int, ...], int]], max_bytes: int
     return shards
 
 
+def _check_every_delta_has_a_home(plan: MergePlan, index: dict[str, Path]) -> None:
+    """Every parameter an expert changes must be written from one base checkpoint tensor.
+
+    A base saved in the original format of a model transformers converts on load (Mixtral's
+    per-expert MoE weights) has no 1:1 tensor for the fused parameter an expert saved in the
+    loaded format changes; its delta would silently not be written.
+    """
+    written = {plan.names.checkpoint_to_memory(key, converted_ok=True) for key in index}
+    homeless = [param for param in plan.touched if param not in written]
+    if homeless:
+        raise MergeError(
+            f"the experts change {homeless[0]!r} ({len(homeless)} such parameters), which the base's checkpoint "
+            "stores only in a form transformers converts on load; re-save the base with save_pretrained in the "
+            "experts' format, or merge in memory (lmms-eval --model merge_proxy)"
+        )
+
+
 def export_full(
     plan: MergePlan,
     mixture: Mixture,
@@ -139,6 +156,7 @@ def export_full(
     if not index:
         raise MergeError(f"the base {plan.base.source!r} has no safetensors weights to merge into")
     touched = set(plan.touched)
+    _check_every_delta_has_a_home(plan, index)
     readers = {file: SafetensorsReader(file) for file in set(index.values())}
     keys = sorted(index, key=lambda k: (index[k].name, k))
     entries = []

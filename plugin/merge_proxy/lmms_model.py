@@ -85,7 +85,7 @@ class MergeProxy(lmms):
 
     def _setup(self, **kwargs: Any) -> None:
         ours, backend_kwargs = parse_model_args(kwargs)
-        self.method = MergeMethod(str(ours.get("method", "linear")), float(ours.get("scale") or 1.0))
+        self.method = MergeMethod(str(ours.get("method", "linear")), float(ours["scale"]) if ours.get("scale") not in (None, "") else 1.0)
         allow_pickle = _truthy(ours.get("allow_pickle", False))
         self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
         self.backend_name = ours.get("backend") or self._default_backend(self.base)

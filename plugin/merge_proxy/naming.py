@@ -45,8 +45,10 @@ class ParameterNames:
         self.model_type: str = config.model_type
         self._prefix: str = getattr(model, "base_model_prefix", "") or ""
         self._meta_state = model.state_dict()
+        from transformers.pytorch_utils import Conv1D
+
         self._conv1d: frozenset[str] = frozenset(
-            f"{name}.weight" for name, module in model.named_modules() if type(module).__name__ == "Conv1D"
+            f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)
         )
         self.params: dict[str, ParamInfo] = {
             name: ParamInfo(name, tuple(t.shape)) for name, t in self._meta_state.items()

@@ -148,7 +148,7 @@ class Evaluator:
         from merge_proxy.experts import ExpertSpec, resolve
         from merge_proxy.lmms_model import MergeProxy
 
-        resolved = resolve(ExpertSpec.parse(source))
+        resolved = resolve(ExpertSpec.parse(source), for_base=True)  # a full one is loaded: tokenizer too
         if resolved.kind == "lora":
             return MergeProxy(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
                               **self._model_args()), resolved.pinned_source

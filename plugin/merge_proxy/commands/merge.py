@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights")
     p.add_argument("--no-base-check", action="store_true",
                    help="do not compare the base each expert declares with --base (shapes are still checked)")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, unwind_on_sigterm=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the work left, run nothing")
     p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), help="override the recipe's executor")
     p.add_argument("--shards", type=int, help="number of jobs for slurm/submitit-local (default: the recipe's)")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, unwind_on_sigterm=True)
 
 
 def run(args: argparse.Namespace) -> int:
