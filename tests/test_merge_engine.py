@@ -595,3 +595,43 @@ def test_sigterm_unwinds_this_process_only(tmp_path):
     finally:
         restore()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_conv1d_layers_merge_transposed_as_peft_does(tmp_path):
+    """GPT-2's Conv1D stores weights in x out: PEFT's fan_in_fan_out delta, in memory, on disk and as
+    one adapter. Two experts, one saying fan_in_fan_out false (PEFT forces it on for Conv1D)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)).save_pretrained(
+        tmp_path / "gpt2")
+    experts = {}
+    for i, fifo in enumerate((True, False)):
+        model = get_peft_model(GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2"), LoraConfig(
+            r=2 + i, target_modules=["c_attn", "c_fc"], fan_in_fan_out=fifo, init_lora_weights=False))
+        model.save_pretrained(tmp_path / f"g{i}")
+        experts[f"g{i}"] = tmp_path / f"g{i}"
+    weights = {"g0": 0.7, "g1": 0.3}
+    reference_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2"), experts["g0"],
+                                                adapter_name="g0")
+    reference_model.load_adapter(experts["g1"], adapter_name="g1")
+    reference_model.add_weighted_adapter(["g0", "g1"], [0.7, 0.3], "mix", combination_type="cat")
+    reference_model.set_adapter("mix")
+    reference = reference_model.merge_and_unload().state_dict()
+    plan = plan_for(tmp_path / "gpt2", experts)
+    method = MergeMethod()
+    mixture = plan.mixture(weights, method)
+    export_full(plan, mixture, method, tmp_path / "merged")
+    export_lora(plan, mixture, method, tmp_path / "lora")
+    on_disk = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").state_dict()
+    adapter = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2"), tmp_path / "lora")
+    one_adapter = adapter.merge_and_unload().state_dict()
+    merger = InPlaceMerger(GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2"), plan)
+    merger.merge(mixture)
+    in_memory = merger.model.state_dict()
+    base = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").state_dict()
+    assert sum(not torch.equal(reference[k], base[k]) for k in reference) == 2
+    for key in reference:
+        for ours in (on_disk, one_adapter, in_memory):
+            assert_close_rel(ours[key], reference[key], name=key)
