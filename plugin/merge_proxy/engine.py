@@ -147,6 +147,21 @@ class MergePlan:
                 for i, (param, f) in enumerate(factors.items())
             }
 
+    def scaled_factors(
+        self, param: str, mixture: Mixture, method: MergeMethod, keep_zero: bool = False
+    ) -> list[tuple[float, LoraFactor]]:
+        """(c_i * scaling_i, factor_i) of the LoRA experts adapting ``param``, in the mixture's order.
+
+        ``keep_zero`` keeps experts weighted 0 (a LoRA-format export gives every mixture one rank).
+        """
+        found = []
+        for name, weight in mixture.weights:
+            coef = method.coefficient(weight)
+            factor = self.lora.get(name, {}).get(param)
+            if factor is not None and (coef != 0.0 or keep_zero):
+                found.append((coef * factor.scaling, factor))
+        return found
+
     def _lora_product(
         self, param: str, mixture: Mixture, method: MergeMethod, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -156,15 +171,11 @@ class MergePlan:
         read and write the whole float32 accumulator again.
         """
         lefts, rights = [], []
-        for name, weight in mixture.weights:
-            coef = method.coefficient(weight)
-            factor = self.lora.get(name, {}).get(param)
-            if coef == 0.0 or factor is None:
-                continue
+        for k, factor in self.scaled_factors(param, mixture, method):
             A = factor.A.to(device=device, dtype=torch.float32)
             B = factor.B.to(device=device, dtype=torch.float32)
             left, right = (A.T, B.T) if factor.transpose else (B, A)
-            lefts.append(left * (coef * factor.scaling))
+            lefts.append(left * k)
             rights.append(right)
         if not lefts:
             return None

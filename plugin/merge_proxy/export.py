@@ -218,17 +218,12 @@ def combined_lora(plan: MergePlan, mixture: Mixture, method: MergeMethod) -> tup
     if not plan.all_lora:
         full = ", ".join(plan.full)
         raise MergeError(f"--format lora needs LoRA experts only; {full} are full checkpoints: use --format full")
-    modules: dict[str, list[tuple[float, object]]] = {}
-    for name, weight in mixture.weights:
-        coef = method.coefficient(weight)
-        for param, factor in plan.lora[name].items():
-            modules.setdefault(param, []).append((coef, factor))
+    modules = {param: plan.scaled_factors(param, mixture, method, keep_zero=True) for param in plan.touched}
     rank = max(sum(f.rank for _, f in entries) for entries in modules.values())
     tensors: dict[str, torch.Tensor] = {}
     targets: list[str] = []
-    for param in plan.touched:
-        entries = modules[param]
-        A = torch.cat([f.A.float() * (c * f.scaling) for c, f in entries], dim=0)
+    for param, entries in modules.items():
+        A = torch.cat([f.A.float() * k for k, f in entries], dim=0)
         B = torch.cat([f.B.float() for _, f in entries], dim=1)
         pad = rank - A.shape[0]
         if pad:
