@@ -66,6 +66,64 @@ def test_dirichlet_is_deterministic_rounded_and_sums_to_one():
         assert all(round(w, 4) == w for w in m.as_dict().values())
 
 
+def test_dirichlet_rounding_never_goes_negative_and_linear_refuses_negative_weights():
+    """A tiny alpha makes most draws round to 0: the rounding must not push one to -0.0001."""
+    mixtures = generators.dirichlet(list("abcd"), 500, alpha=[1, 1, 1, 0.02], seed=0)
+    assert min(w for m in mixtures for _, w in m.weights) == 0.0
+    assert all(math.isclose(sum(m.as_dict().values()), 1.0, abs_tol=1e-9) for m in mixtures)
+    from merge_proxy.mixture import make_mixture
+
+    with pytest.raises(ConfigError, match=r"cannot be negative \('b' is -0.5\); use method task_arithmetic"):
+        make_mixture({"a": 1.5, "b": -0.5}, ["a", "b"])
+    assert make_mixture({"a": 1.5, "b": -0.5}, ["a", "b"], "task_arithmetic").weight("b") == -0.5
+
+
+def test_shipped_recipes_rank_on_each_tasks_overall_metric():
+    """mmstar and vmcbench declare a category first, MME a sum out of 2000: the recipes say which
+    metric to rank on, every named metric is one the task declares, and MME is brought to 0-1."""
+    from lmms_eval.tasks import TaskManager
+
+    from merge_proxy.sweep import _declared_metrics
+
+    tasks = TaskManager()
+    for path in sorted((REPO_ROOT / "recipes").glob("*dom*.yaml")):
+        benchmarks = {b.task: b for b in load_recipe(path).benchmarks}
+        assert (benchmarks["mmstar"].metric, benchmarks["vmcbench"].metric) == ("average", "average"), path.name
+        assert benchmarks["mme"].metric == "mme_perception_score" and benchmarks["mme"].weight == 0.0005
+        for b in benchmarks.values():
+            assert b.metric is None or b.metric in _declared_metrics(tasks, b.task), (path.name, b.task)
+        if "internvl" in path.name:
+            assert "max_pixels" not in load_recipe(path).backend_args  # a Qwen argument InternVL drops
+
+
+def test_primary_metric_defaults_to_the_tasks_first_declared_metric():
+    from merge_proxy.recipe import Benchmark
+    from merge_proxy.sweep import _primary_metric
+
+    reported = {"alias": "mmstar", "coarse perception,none": 0.71, "average,none": 0.42, "average_stderr,none": "N/A"}
+    assert _primary_metric(reported, Benchmark("mmstar"), "average")[0] == 0.42
+    assert _primary_metric(reported, Benchmark("mmstar", metric="coarse perception"), "average")[0] == 0.71
+    with pytest.raises(ConfigError, match="has no metric 'avg'; it reports: average, coarse perception"):
+        _primary_metric(reported, Benchmark("mmstar", metric="avg"))
+
+
+def test_chat_only_backends_get_the_chat_proxy():
+    from merge_proxy.lmms_model import MergeProxy, MergeProxyChat, proxy_class
+
+    assert proxy_class("internvl_hf") is MergeProxyChat
+    assert proxy_class("qwen2_vl") is MergeProxy and proxy_class(None) is MergeProxy
+
+
+def test_relative_output_dir_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "output_dir": "runs/r"}, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(path).output_dir == tmp_path / "runs" / "r"
+    path.write_text(yaml.safe_dump(GOOD, sort_keys=False))
+    assert load_recipe(path).output_dir == tmp_path / "sweeps" / "r"
+
+
 def test_shipped_recipes_load_with_the_papers_counts():
     counts = {"2dom": 7, "3dom": 21, "4dom": 20}
     recipes = sorted((REPO_ROOT / "recipes").glob("*dom*.yaml"))
@@ -211,3 +269,45 @@ def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vl
         (m, t) for m in ("a=0.25,b=0.75", "a=0.5,b=0.5") for t in (domains.tasks["color"], domains.tasks["shape"])}
     assert {r.mode for r in records} == {"truth"}
     assert {r.model for r in records} == {str(lora_experts["c"]), str(full_experts["f1"])}
+
+
+def journal_record(mode: str, mixture: str, benchmark: str, score: float, settings: dict | None = None):
+    from merge_proxy.journal import JournalRecord
+
+    weights = dict((k, float(v)) for k, v in (kv.split("=") for kv in mixture.split(",")))
+    return JournalRecord(mode=mode, mixture_id=mixture, weights=weights, benchmark=benchmark, score=score,
+                         settings=settings or {})
+
+
+def test_resume_counts_only_finite_scores_of_its_own_mode_and_settings(tmp_path, tiny_vlm, domains, lora_experts):
+    from merge_proxy.sweep import plan, settings
+
+    recipe_path = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
+    recipe = load_recipe(recipe_path)
+    color, shape = (b.task for b in recipe.benchmarks)
+    same = {b.task: settings(recipe, b) for b in recipe.benchmarks}
+    out = tmp_path / "out"
+    Journal(out / "journal.jsonl").append_many([
+        journal_record("proxy", "a=0,b=1", color, 0.5, same[color]),
+        journal_record("proxy", "a=0,b=1", shape, float("nan"), same[shape]),  # retried, not done
+        journal_record("truth", "a=0.25,b=0.75", color, 0.5),  # another mode: not the proxy's
+    ])
+    p = plan(recipe_path, out)
+    assert (p.done, p.total) == (1, 10)
+    # A smoke run with limit 5 into the same directory, then the real recipe: refused, not mixed.
+    Journal(out / "journal.jsonl").append(journal_record("proxy", "a=1,b=0", color, 0.5, {**same[color], "limit": 5}))
+    with pytest.raises(ConfigError, match=rf"holds {color} scores made with other settings \(limit: 5 -> None\).*new --out"):
+        plan(recipe_path, out)
+
+
+def test_truth_mixtures_are_keyed_in_the_experts_order(tmp_path, tiny_vlm, domains, lora_experts):
+    from merge_proxy.sweep import candidate_items
+
+    truth = [{"weights": {"b": 0.75, "a": 0.25}, "model": str(lora_experts["a"])}]
+    path = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, mode="truth", truth=truth)
+    [item] = candidate_items(load_recipe(path), ["a", "b"])
+    assert item.mixture.key() == "a=0.25,b=0.75"
+    bad = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, mode="truth",
+                       truth=[{"weights": {"a": 0.25, "c": 0.75}, "model": str(lora_experts["a"])}])
+    with pytest.raises(ConfigError, match=r"truth\[0\].*unknown expert\(s\) 'c'"):
+        candidate_items(load_recipe(bad), ["a", "b"])

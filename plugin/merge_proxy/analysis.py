@@ -158,7 +158,7 @@ def normalize_benchmark_weights(
     if unknown:
         raise ConfigError(
             f"benchmark weights name unknown benchmark(s) {', '.join(map(repr, unknown))}; the journal has: "
-            f"{', '.join(benchmarks)}"
+            f"{', '.join(benchmarks)}; finish the sweep (rerun it), or pass --weights for those it has"
         )
     raw: dict[str, float] = {}
     for b in benchmarks:

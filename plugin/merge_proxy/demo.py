@@ -175,6 +175,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         recipe = yaml.safe_load(recipe_path("demo").read_text(encoding="utf-8"))
         recipe["experts"]["query"]["base"] = base_id
         recipe["mixtures"] = [{"grid": {"step": size.grid_step}}]
+        recipe["output_dir"] = str(out / "sweep")
         proxy_recipe = _write_yaml(out / "demo.yaml", recipe)
         logger.info("merge-proxy sweep: merged proxies over the %g grid", size.grid_step)
         _run([_cli_path("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
@@ -194,7 +195,8 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
             _run([_cli_path("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
                  f"training on mixture {name}")
             truth_entries.append({"weights": weights, "model": f"truth-models/{name}"})
-        truth_recipe = {**recipe, "name": "demo-truth", "mode": "truth", "truth": truth_entries, "output_dir": "truth"}
+        truth_recipe = {**recipe, "name": "demo-truth", "mode": "truth", "truth": truth_entries,
+                        "output_dir": str(out / "truth")}
         truth_recipe.pop("mixtures")
         truth_path = _write_yaml(out / "demo-truth.yaml", truth_recipe)
         logger.info("merge-proxy sweep: the %d trained models, as truth", len(truth_entries))

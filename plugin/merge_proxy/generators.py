@@ -7,6 +7,7 @@ parser, in the experts' order, with weights summing to 1 exactly enough for a ``
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
@@ -15,6 +16,8 @@ import numpy as np
 from merge_proxy.errors import ConfigError
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.resources import paper_mixtures
+
+logger = logging.getLogger(__name__)
 
 #: The reference protocol's sets: name -> number of domains.
 PAPER_SETS = {"two_domain": 2, "three_domain": 3, "four_domain": 4}
@@ -67,8 +70,13 @@ def paper(names: Sequence[str], set_name: str, include_uniform: bool = False) ->
 
 def dirichlet(names: Sequence[str], n: int, alpha: float | Sequence[float] = 1.0, seed: int = 0,
               decimals: int = 4) -> list[Mixture]:
-    """``n`` draws from Dirichlet(alpha), rounded to ``decimals`` with the last weight absorbing the
-    rounding so that every mixture sums to 1 (as the reference four-domain set does)."""
+    """``n`` draws from Dirichlet(alpha), rounded to ``decimals`` so that every mixture sums to 1.
+
+    Largest-remainder rounding on integer units of ``10**-decimals``: no weight goes below 0 (letting
+    the last weight absorb the rounding made it -0.0001 when the others rounded up), and each weight
+    is within one unit of its draw. Repeated mixtures (likely with small alpha) are dropped later,
+    with a log line saying how many.
+    """
     if n < 1:
         raise ConfigError(f"dirichlet n must be at least 1, not {n}")
     alphas = [float(alpha)] * len(names) if np.isscalar(alpha) else [float(a) for a in alpha]
@@ -76,10 +84,13 @@ def dirichlet(names: Sequence[str], n: int, alpha: float | Sequence[float] = 1.0
         raise ConfigError(f"dirichlet alpha must be one positive number or one per expert ({len(names)})")
     rng = np.random.default_rng(seed)
     mixtures = []
+    unit = 10 ** decimals
     for draw in rng.dirichlet(alphas, size=n):
-        rounded = [round(float(x), decimals) for x in draw[:-1]]
-        rounded.append(round(1.0 - sum(rounded), decimals))
-        mixtures.append(make_mixture(dict(zip(names, rounded)), list(names)))
+        scaled = draw * unit
+        units = np.floor(scaled).astype(np.int64)
+        short = unit - int(units.sum())
+        units[np.argsort(-(scaled - units), kind="stable")[:short]] += 1
+        mixtures.append(make_mixture({name: int(u) / unit for name, u in zip(names, units)}, list(names)))
     return mixtures
 
 
@@ -92,5 +103,7 @@ def unique(mixtures: Sequence[Mixture]) -> list[Mixture]:
     seen: dict[str, Mixture] = {}
     for m in mixtures:
         seen.setdefault(m.key(), m)
+    if len(seen) < len(mixtures):
+        logger.info("%d repeated mixture(s) dropped; %d distinct", len(mixtures) - len(seen), len(seen))
     return list(seen.values())
 

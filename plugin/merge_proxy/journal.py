@@ -3,13 +3,14 @@
 A sweep can be killed at any moment (SLURM pre-emption, Ctrl-C). Each record is written with a single
 ``write`` of one complete line to a file opened in append mode and fsync'ed, so a record is either
 wholly there or not at all; a torn last line (a crash inside the write) is ignored when reading and
-redone by the next run. A rerun skips every (mixture, benchmark) already in the journal.
+redone by the next run. A rerun skips every (mixture, benchmark) the journal holds for its mode.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,12 +40,15 @@ class JournalRecord:
     """For ``truth``: the pinned source of the checkpoint trained on this mixture."""
     lmms_eval_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What else decides the score (limit, metric, method, scale, backend and its arguments): a rerun
+    with other settings must not count these records as done."""
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.mixture_id, self.benchmark)
+    def key(self) -> tuple[str, str, str]:
+        return (self.mode, self.mixture_id, self.benchmark)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -83,8 +87,14 @@ class Journal:
                     continue
                 yield JournalRecord.from_dict(data)
 
-    def done(self) -> set[tuple[str, str]]:
+    def keys(self) -> set[tuple[str, str, str]]:
+        """(mode, mixture_id, benchmark) of every record."""
         return {r.key for r in self._iter()}
+
+    def done(self, mode: str) -> set[tuple[str, str]]:
+        """(mixture_id, benchmark) scored in ``mode``: what a rerun skips. A non-finite score is not
+        done (the rerun retries it), so a sweep never reports as finished what the report leaves out."""
+        return {(r.mixture_id, r.benchmark) for r in self._iter() if r.mode == mode and math.isfinite(r.score)}
 
     def append(self, record: JournalRecord) -> None:
         self.append_many([record])

@@ -247,3 +247,18 @@ class MergeProxyChat(MergeProxy):
     """Chat-mode merged proxy: lmms-eval prefers the chat slot; simple-only backends still work."""
 
     is_simple = False
+
+
+def proxy_class(backend: str | None) -> type[MergeProxy]:
+    """The proxy class for a backend: simple where lmms-eval has a simple implementation of it,
+    chat where it has only a chat one (internvl_hf). ``None`` (the backend is chosen later from the
+    base's architecture) gets the simple class; recipes for chat-only backends name the backend."""
+    if not backend:
+        return MergeProxy
+    from lmms_eval import models
+
+    try:
+        manifest = models.get_model_manifest(backend)
+    except ValueError:
+        return MergeProxy  # _build_backend names the unknown backend with the fix
+    return MergeProxy if manifest.simple_class_path is not None else MergeProxyChat

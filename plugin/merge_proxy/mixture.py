@@ -127,6 +127,12 @@ def make_mixture(
     for name, value in parsed.items():
         if not math.isfinite(float(value)):
             raise ConfigError(f"weight of expert {name!r} is {value}; weights must be finite numbers")
+    negative = [n for n in experts if float(parsed[n]) < 0]
+    if method == "linear" and negative:
+        raise ConfigError(
+            f"linear merge weights are a mixture's proportions and cannot be negative ({negative[0]!r} is "
+            f"{parsed[negative[0]]}); use method task_arithmetic to extrapolate"
+        )
     total = math.fsum(float(parsed[n]) for n in experts)
     if method == "linear" and abs(total - 1.0) > SUM_TOLERANCE:
         raise ConfigError(

@@ -207,7 +207,9 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     )
     if executor.type not in ("local", "slurm", "submitit-local"):
         raise loc.error(("executor", "type"), "must be local, slurm or submitit-local")
-    out = Path(output_dir).absolute() if output_dir else _resolve_path(base_dir, data.get("output_dir") or f"sweeps/{path.stem}")
+    # Relative to the working directory, as LLaMA-Factory's output_dir (a shipped recipe must not
+    # write into the installed package).
+    out = Path(str(output_dir or data.get("output_dir") or f"sweeps/{path.stem}")).expanduser().absolute()
     include = _resolve_path(base_dir, data.get("include_path"))
     if include is not None and not include.is_dir():
         raise loc.error(("include_path",), f"{include} is not a directory")

@@ -62,20 +62,52 @@ def candidate_items(recipe: Recipe, names: Sequence[str]) -> list[WorkItem]:
     """Every (mixture, all benchmarks) of the recipe, before the journal is consulted."""
     benchmarks = tuple(recipe.benchmarks)
     if recipe.mode == "truth":
-        return [WorkItem(make_mixture(t.weights, list(t.weights), recipe.method), benchmarks, t.model)
-                for t in recipe.truth]
+        items = []
+        for i, t in enumerate(recipe.truth):
+            try:  # in the experts' order, as the proxy's mixtures: the two journals must share keys
+                mixture = make_mixture(t.weights, list(names), recipe.method)
+            except ConfigError as err:
+                raise ConfigError(f"{recipe.path}: truth[{i}] ({t.model}): {err}") from None
+            items.append(WorkItem(mixture, benchmarks, t.model))
+        return items
     return [WorkItem(m, benchmarks) for m in expand_mixtures(recipe, list(names))]
 
 
 def gather(out_dir: Path) -> Journal:
     """Fold shard journals into the main journal (once per key), so every reader sees one file."""
     journal = Journal(out_dir / JOURNAL_FILE)
-    done = journal.done()
+    done = journal.keys()
     for shard in sorted((out_dir / SHARD_DIR).glob("*.jsonl")):
         fresh = [r for r in Journal(shard).records() if r.key not in done]
         journal.append_many(fresh)
         done.update(r.key for r in fresh)
     return journal
+
+
+def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
+    """Everything besides the mixture that decides a score, as the journal stores it (JSON types)."""
+    import json
+
+    return json.loads(json.dumps({
+        "limit": benchmark.limit, "metric": benchmark.metric, "method": recipe.method, "scale": recipe.scale,
+        "backend": recipe.backend, "backend_args": recipe.backend_args,
+    }, sort_keys=True))
+
+
+def check_settings(recipe: Recipe, journal: Journal) -> None:
+    """Refuse to resume into a journal scored with other settings (a ``limit: 5`` smoke run, another
+    scale): counting those records as done would mix two experiments in one ranking."""
+    wanted = {b.task: settings(recipe, b) for b in recipe.benchmarks}
+    for record in journal.records():
+        expected = wanted.get(record.benchmark)
+        if record.mode != recipe.mode or expected is None or not record.settings or record.settings == expected:
+            continue
+        changed = ", ".join(f"{k}: {record.settings.get(k)!r} -> {expected.get(k)!r}"
+                            for k in sorted(expected) if record.settings.get(k) != expected.get(k))
+        raise ConfigError(
+            f"{journal.path} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
+            "mix two experiments: pass a new --out (or output_dir), or move the old journal away"
+        )
 
 
 def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
@@ -87,19 +119,33 @@ def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkI
     return out
 
 
-def _primary_metric(task_results: dict[str, Any], benchmark: Benchmark) -> tuple[float, dict[str, float]]:
+def _primary_metric(
+    task_results: dict[str, Any], benchmark: Benchmark, default: str | None = None
+) -> tuple[float, dict[str, float]]:
+    """The score ranked on: the recipe's ``metric``, else the task's first declared metric (its
+    ``metric_list``), never whichever metric lmms-eval happened to report first."""
     metrics = {k: float(v) for k, v in task_results.items()
                if isinstance(v, (int, float)) and "," in k and "_stderr" not in k}
     if not metrics:
         raise ConfigError(f"lmms-eval reported no metric for {benchmark.task}")
-    if benchmark.metric:
-        key = next((k for k in metrics if k.split(",")[0] == benchmark.metric), None)
+    wanted = benchmark.metric or default
+    if wanted:
+        key = next((k for k in metrics if k.split(",")[0] == wanted), None)
         if key is None:
             names = ", ".join(sorted({k.split(",")[0] for k in metrics}))
-            raise ConfigError(f"benchmark {benchmark.task} has no metric {benchmark.metric!r}; it reports: {names}")
+            raise ConfigError(f"benchmark {benchmark.task} has no metric {wanted!r}; it reports: {names}")
     else:
         key = next(iter(metrics))
     return metrics[key], metrics
+
+
+def _declared_metrics(tasks, task: str) -> list[str]:
+    """The metric names a task's YAML declares (empty when its config cannot be read ahead)."""
+    try:
+        config = tasks._get_config(task)
+    except Exception:  # noqa: BLE001 - a group or unusual task: checked when lmms-eval reports
+        return []
+    return [m["metric"] for m in (config or {}).get("metric_list") or [] if isinstance(m, dict) and "metric" in m]
 
 
 class Evaluator:
@@ -120,6 +166,13 @@ class Evaluator:
             raise ConfigError(
                 f"{recipe.path}: lmms-eval knows no task {', '.join(missing)}; check the name or include_path"
             )
+        self.metrics = {b.task: _declared_metrics(self.tasks, b.task) for b in recipe.benchmarks}
+        for b in recipe.benchmarks:  # a typo fails now, not after the whole benchmark ran
+            if b.metric and self.metrics[b.task] and b.metric not in self.metrics[b.task]:
+                raise ConfigError(
+                    f"{recipe.path}: benchmark {b.task} has no metric {b.metric!r}; its metrics: "
+                    f"{', '.join(self.metrics[b.task])}"
+                )
         self._proxy = None
 
     def _model_args(self) -> dict[str, Any]:
@@ -130,10 +183,10 @@ class Evaluator:
 
     def proxy(self, mixture: Mixture):
         """The one merged model of the sweep, built on first use, then re-merged in place."""
-        from merge_proxy.lmms_model import MergeProxy
+        from merge_proxy.lmms_model import proxy_class
 
         if self._proxy is None:
-            self._proxy = MergeProxy(
+            self._proxy = proxy_class(self.recipe.backend)(
                 pretrained=self.recipe.base, experts=";".join(f"{n}={s}" for n, s in self.sources.items()),
                 weights=mixture.key().replace(",", ";"), method=self.recipe.method,
                 scale=self.recipe.scale, **self._model_args(),
@@ -146,16 +199,16 @@ class Evaluator:
         """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
         merge), a full checkpoint is loaded by the backend as is."""
         from merge_proxy.experts import ExpertSpec, resolve
-        from merge_proxy.lmms_model import MergeProxy
+        from merge_proxy.lmms_model import MergeProxy, proxy_class
 
         resolved = resolve(ExpertSpec.parse(source), for_base=True)  # a full one is loaded: tokenizer too
         if resolved.kind == "lora":
-            return MergeProxy(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
+            return proxy_class(self.recipe.backend)(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
                               **self._model_args()), resolved.pinned_source
         from lmms_eval import models
 
         backend = self.recipe.backend or MergeProxy._default_backend(resolved)
-        cls = models.get_model(backend, force_simple=True)
+        cls = models.get_model(backend, force_simple=proxy_class(backend) is MergeProxy)
         model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
         # evaluate() ends with lm.clean(), which deletes the loaded module; keep it for the next
         # benchmark, as MergeProxy.clean does.
@@ -167,7 +220,8 @@ class Evaluator:
 
         out = simple_evaluate(model=model, tasks=[benchmark.task], task_manager=self.tasks, limit=benchmark.limit,
                               log_samples=False, bootstrap_iters=0, verbosity="WARNING")
-        return _primary_metric(out["results"][benchmark.task], benchmark)
+        declared = self.metrics.get(benchmark.task) or [None]
+        return _primary_metric(out["results"][benchmark.task], benchmark, declared[0])
 
 
 def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -205,11 +259,23 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
                     benchmark=benchmark.task, score=score, metrics=metrics, base=base, experts=experts,
                     model=pinned_model, lmms_eval_version=lmms_version,
                     timings={"merge_s": round(merge_s, 4), "eval_s": round(time.perf_counter() - t0, 4)},
+                    settings=settings(recipe, benchmark),
                 ))
                 written += 1
                 merge_s = 0.0
                 bar.update(1)
+            if item.model is not None:  # a truth model serves one item: free it before the next loads
+                del model
+                _release_memory()
     return written
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: int) -> int:
@@ -219,7 +285,7 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: in
     sources = expert_sources(recipe)
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"shard-{shard:04d}.jsonl")
-    done = gather(out).done() | shard_journal.done()
+    done = gather(out).done(recipe.mode) | shard_journal.done(recipe.mode)
     wanted = set(mixture_keys)
     items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
     return run_items(recipe, pending(items, done), shard_journal, sources)
@@ -272,7 +338,11 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     recipe = load_recipe(recipe_path, output_dir=out_dir)
     sources = expert_sources(recipe)
     items = candidate_items(recipe, list(sources))
-    done = gather(recipe.output_dir).done() if recipe.output_dir.exists() else set()
+    done: set[tuple[str, str]] = set()
+    if recipe.output_dir.exists():
+        journal = gather(recipe.output_dir)
+        check_settings(recipe, journal)
+        done = journal.done(recipe.mode)
     todo = pending(items, done)
     total = sum(len(i.benchmarks) for i in items)
     return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total)
