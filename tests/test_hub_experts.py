@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from merge_proxy.engine import MergeMethod, build_plan
 from merge_proxy.errors import MergeProxyError
-from merge_proxy.experts import ExpertSpec, resolve, resolve_experts, resolve_merge_inputs
+from merge_proxy.experts import ExpertSpec, pin_source, resolve, resolve_experts, resolve_merge_inputs
 from merge_proxy.export import export_full
 from merge_proxy.hub import HubOptions
 
@@ -87,6 +87,17 @@ def test_intermediate_checkpoints_and_logs_are_not_fetched(hub_api, hub, tiny_vl
     base, _ = resolve_merge_inputs(ExpertSpec.parse("tester/trained-base"), ["a=tester/lora"], hub=hub, lora_only=True)
     assert (base.path / "config.json").is_file() and (base.path / "tokenizer.json").is_file()
     assert not list(base.path.glob("*.safetensors")) and not (base.path / "trainer_state.json").exists()
+
+
+def test_sources_are_pinned_to_commits_without_downloading(hub_api, hub, lora_experts):
+    """What a sweep's submitter hands its SLURM shards: branches become the commit they point at now."""
+    first = upload(hub_api, lora_experts["a"], "tester/moving")
+    assert pin_source("tester/moving", hub) == f"tester/moving@{first}"
+    upload(hub_api, lora_experts["b"], "tester/moving")  # main moves on; the pin does not
+    assert pin_source(f"tester/moving@{first}", hub) == f"tester/moving@{first}"
+    assert pin_source("tester/moving@main", hub) != f"tester/moving@{first}"
+    assert pin_source(str(lora_experts["a"]), hub) == str(lora_experts["a"])
+    assert not list(Path(hub.cache_dir).rglob("*.safetensors"))
 
 
 def test_a_repo_of_model_folders_names_them(hub_api, hub, lora_experts):

@@ -278,6 +278,21 @@ def resolve(
     return _fetch(located, position=position, allow_pickle=allow_pickle, hub=hub)
 
 
+def pin_source(source: str, hub: HubOptions | None = None) -> str:
+    """``ORG/NAME[/SUB][@REV]`` -> ``ORG/NAME[/SUB]@SHA`` with one request, nothing downloaded; a
+    local directory is returned as is.
+
+    Jobs that start at different times (SLURM shards after a queue wait) then all merge the same
+    commits, even if a branch moves meanwhile.
+    """
+    spec = ExpertSpec.parse(source)
+    if Path(spec.source).expanduser().is_dir() or not _is_hub_source(spec.source):
+        return source
+    repo_id, _ = _split_subfolder(spec.source)
+    sha, _ = repo_files(repo_id, spec.revision, hub or HubOptions())
+    return f"{spec.source}@{sha}"
+
+
 def resolve_merge_inputs(
     base: ExpertSpec,
     experts: Sequence[ExpertSpec | str],

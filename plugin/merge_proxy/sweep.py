@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,11 +278,18 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: int) -> int:
-    """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file."""
+def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: int,
+              sources: dict[str, str] | None = None, base: str | None = None) -> int:
+    """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file.
+
+    ``sources`` and ``base`` are the submitter's pinned ones (``repo@sha``), so shards that start
+    hours apart still merge the same commits.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_recipe(recipe_path, output_dir=out_dir)
-    sources = expert_sources(recipe)
+    if base:
+        recipe = replace(recipe, base=base)
+    sources = sources or expert_sources(recipe)
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"shard-{shard:04d}.jsonl")
     done = gather(out).done(recipe.mode) | shard_journal.done(recipe.mode)
@@ -291,11 +298,17 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: in
     return run_items(recipe, pending(items, done), shard_journal, sources)
 
 
-def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int) -> None:
+def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int,
+            sources: dict[str, str]) -> None:
     try:
         import submitit
     except ImportError:
         raise MissingDependencyError("submitit", "slurm", "executor slurm") from None
+    from merge_proxy.experts import pin_source
+
+    pinned = {name: pin_source(source) for name, source in sources.items()}
+    base = pin_source(recipe.base)
+    logger.info("shards merge base %s and experts %s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()))
     keys = [i.mixture.key() for i in items]
     n = max(1, min(shards, len(keys)))
     chunks = [keys[i::n] for i in range(n)]
@@ -311,7 +324,8 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     if executor_type == "submitit-local":
         mapped = {k: v for k, v in mapped.items() if not k.startswith("slurm_") and k != "gpus_per_node"}
     executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
-    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, list(range(n)))
+    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, list(range(n)),
+                              [pinned] * n, [base] * n)
     logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
     failures = []
     for job in jobs:
@@ -363,5 +377,5 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
     if kind == "local":
         run_items(p.recipe, p.items, journal, p.sources)
     else:
-        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards)
+        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, p.sources)
     return journal
