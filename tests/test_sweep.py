@@ -294,6 +294,11 @@ def test_resume_counts_only_finite_scores_of_its_own_mode_and_settings(tmp_path,
     ])
     p = plan(recipe_path, out)
     assert (p.done, p.total) == (1, 10)
+    # A shard's records count too, read where they are: planning (a dry run, a shard job) writes nothing.
+    Journal(out / "shards" / "shard-0000.jsonl").append(journal_record("proxy", "a=0,b=1", shape, 0.7, same[shape]))
+    before = (out / "journal.jsonl").read_bytes()
+    assert plan(recipe_path, out).done == 2
+    assert (out / "journal.jsonl").read_bytes() == before
     # A smoke run with limit 5 into the same directory, then the real recipe: refused, not mixed.
     Journal(out / "journal.jsonl").append(journal_record("proxy", "a=1,b=0", color, 0.5, {**same[color], "limit": 5}))
     with pytest.raises(ConfigError, match=rf"holds {color} scores made with other settings \(limit: 5 -> None\).*new --out"):

@@ -59,6 +59,12 @@ class JournalRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def scored(records: Iterable[JournalRecord], mode: str) -> set[tuple[str, str]]:
+    """(mixture_id, benchmark) scored in ``mode``: what a rerun skips. A non-finite score is not
+    done (the rerun retries it), so a sweep never reports as finished what the report leaves out."""
+    return {(r.mixture_id, r.benchmark) for r in records if r.mode == mode and math.isfinite(r.score)}
+
+
 class Journal:
     """Append-only JSONL file of :class:`JournalRecord`."""
 
@@ -92,9 +98,7 @@ class Journal:
         return {r.key for r in self._iter()}
 
     def done(self, mode: str) -> set[tuple[str, str]]:
-        """(mixture_id, benchmark) scored in ``mode``: what a rerun skips. A non-finite score is not
-        done (the rerun retries it), so a sweep never reports as finished what the report leaves out."""
-        return {(r.mixture_id, r.benchmark) for r in self._iter() if r.mode == mode and math.isfinite(r.score)}
+        return scored(self._iter(), mode)
 
     def append(self, record: JournalRecord) -> None:
         self.append_many([record])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
-from merge_proxy.journal import Journal, JournalRecord
+from merge_proxy.journal import Journal, JournalRecord, scored
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
 
@@ -73,6 +73,13 @@ def candidate_items(recipe: Recipe, names: Sequence[str]) -> list[WorkItem]:
     return [WorkItem(m, benchmarks) for m in expand_mixtures(recipe, list(names))]
 
 
+def all_records(out_dir: Path) -> list[JournalRecord]:
+    """The main journal's records and every shard's, read only: a dry run or a shard job that only
+    needs to know what is done writes nothing (concurrent shard starts once appended duplicates)."""
+    paths = [out_dir / JOURNAL_FILE, *sorted((out_dir / SHARD_DIR).glob("*.jsonl"))]
+    return [r for path in paths for r in Journal(path).records()]
+
+
 def gather(out_dir: Path) -> Journal:
     """Fold shard journals into the main journal (once per key), so every reader sees one file."""
     journal = Journal(out_dir / JOURNAL_FILE)
@@ -94,18 +101,18 @@ def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
     }, sort_keys=True))
 
 
-def check_settings(recipe: Recipe, journal: Journal) -> None:
+def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
     """Refuse to resume into a journal scored with other settings (a ``limit: 5`` smoke run, another
     scale): counting those records as done would mix two experiments in one ranking."""
     wanted = {b.task: settings(recipe, b) for b in recipe.benchmarks}
-    for record in journal.records():
+    for record in records:
         expected = wanted.get(record.benchmark)
         if record.mode != recipe.mode or expected is None or not record.settings or record.settings == expected:
             continue
         changed = ", ".join(f"{k}: {record.settings.get(k)!r} -> {expected.get(k)!r}"
                             for k in sorted(expected) if record.settings.get(k) != expected.get(k))
         raise ConfigError(
-            f"{journal.path} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
+            f"{recipe.output_dir} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
             "mix two experiments: pass a new --out (or output_dir), or move the old journal away"
         )
 
@@ -292,7 +299,7 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: in
     sources = sources or expert_sources(recipe)
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"shard-{shard:04d}.jsonl")
-    done = gather(out).done(recipe.mode) | shard_journal.done(recipe.mode)
+    done = scored(all_records(out), recipe.mode)
     wanted = set(mixture_keys)
     items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
     return run_items(recipe, pending(items, done), shard_journal, sources)
@@ -354,9 +361,9 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     items = candidate_items(recipe, list(sources))
     done: set[tuple[str, str]] = set()
     if recipe.output_dir.exists():
-        journal = gather(recipe.output_dir)
-        check_settings(recipe, journal)
-        done = journal.done(recipe.mode)
+        records = all_records(recipe.output_dir)
+        check_settings(recipe, records)
+        done = scored(records, recipe.mode)
     todo = pending(items, done)
     total = sum(len(i.benchmarks) for i in items)
     return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total)
@@ -369,7 +376,7 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
     out = p.recipe.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(p.recipe.path.read_text(encoding="utf-8"), encoding="utf-8")
-    journal = Journal(out / JOURNAL_FILE)
+    journal = gather(out)  # shards an earlier (killed) submitter never gathered; this is the one writer
     logger.info("sweep %s: %d of %d scores done, %d mixtures to go", p.recipe.name, p.done, p.total, len(p.items))
     if not p.items:
         return journal
