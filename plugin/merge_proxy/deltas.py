@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import KeysView
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,8 +206,9 @@ class FullExpertReader:
         return self._readers[file]
 
     @property
-    def params(self) -> set[str]:
-        return set(self._where)
+    def params(self) -> KeysView[str]:
+        """The base parameters this expert holds (a view: merges test membership per parameter)."""
+        return self._where.keys()
 
     def rows(self, param: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of one tensor (first dimension), read with a positioned read: no

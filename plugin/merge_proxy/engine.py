@@ -211,7 +211,8 @@ class MergePlan:
         total = torch.zeros((), dtype=torch.float32, device=device)
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            acc = base[start:stop].to(device=device, dtype=torch.float32, copy=True)
+            theta0_block = base[start:stop].to(device)  # moved once per block (theta_0 may live on the CPU)
+            acc = theta0_block.to(torch.float32, copy=True)
             if lora is not None:
                 acc.addmm_(lora[0][start:stop], lora[1])
             # Each difference theta_i - theta_0 in float32 (exact zero where an expert left a weight
@@ -219,7 +220,7 @@ class MergePlan:
             # in-place subtraction promotes theta_0 exactly, with no float32 copy of it.
             for reader, coef in full:
                 rows_i = reader.rows(param, start, stop).view(acc.shape).to(device=device, dtype=torch.float32)
-                acc.add_(rows_i.sub_(base[start:stop].to(device)), alpha=coef)
+                acc.add_(rows_i.sub_(theta0_block), alpha=coef)
             total += acc.sum()
             dest[start:stop].copy_(acc)
         if target is not out:

@@ -121,14 +121,15 @@ def _shards(entries: list[tuple[str, str, tuple[int, ...], int]], max_bytes: int
     return shards
 
 
-def _check_every_delta_has_a_home(plan: MergePlan, index: dict[str, Path]) -> None:
+def _check_every_delta_has_a_home(plan: MergePlan, params: dict[str, str | None]) -> None:
     """Every parameter an expert changes must be written from one base checkpoint tensor.
 
     A base saved in the original format of a model transformers converts on load (Mixtral's
     per-expert MoE weights) has no 1:1 tensor for the fused parameter an expert saved in the
-    loaded format changes; its delta would silently not be written.
+    loaded format changes; its delta would silently not be written. ``params`` maps each base
+    checkpoint key to its in-memory parameter (None for converted keys).
     """
-    written = {plan.names.checkpoint_to_memory(key, converted_ok=True) for key in index}
+    written = set(params.values())
     homeless = [param for param in plan.touched if param not in written]
     if homeless:
         raise MergeError(
@@ -156,7 +157,9 @@ def export_full(
     if not index:
         raise MergeError(f"the base {plan.base.source!r} has no safetensors weights to merge into")
     touched = set(plan.touched)
-    _check_every_delta_has_a_home(plan, index)
+    # Keys transformers converts on load (fused MoE experts) carry no delta (None): copied as they are.
+    params = {key: plan.names.checkpoint_to_memory(key, converted_ok=True) for key in index}
+    _check_every_delta_has_a_home(plan, params)
     readers = {file: SafetensorsReader(file) for file in set(index.values())}
     keys = sorted(index, key=lambda k: (index[k].name, k))
     entries = []
@@ -176,8 +179,7 @@ def export_full(
         for i in indices:
             key = entries[i][0]
             tensor = readers[index[key]].read(key)
-            # Keys transformers converts on load (fused MoE experts) carry no delta: copied as they are.
-            param = plan.names.checkpoint_to_memory(key, converted_ok=True)
+            param = params[key]
             cast = out_dtype if out_dtype is not None and tensor.is_floating_point() else None
             if param in touched:
                 # Cast once, from the float32 accumulator straight to the output dtype.
