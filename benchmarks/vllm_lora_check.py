@@ -213,8 +213,8 @@ def check_serving(adapter: Path, base: Path, merged: Path, atol: float, max_toke
             failures.append(f"  adapter {a['token_ids']} vs merged {m['token_ids']}")
 
     differ = sum(a["token_ids"] != p["token_ids"] for a, p in zip(with_lora, without))
-    first = max(abs(a["logprobs"][0][t] - p["logprobs"][0][t]) for a, p in zip(with_lora, without)
-                for t in a["logprobs"][0].keys() & p["logprobs"][0].keys()), default=0.0)
+    first = max((abs(a["logprobs"][0][t] - p["logprobs"][0][t]) for a, p in zip(with_lora, without)
+                 for t in a["logprobs"][0].keys() & p["logprobs"][0].keys()), default=0.0)
     line = (f"BASE without the adapter differs: greedy tokens differ on {differ}/{len(PROMPTS)} prompts, "
             f"max |first-token logprob difference| {first:.2e}")
     if differ:
