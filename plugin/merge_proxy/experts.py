@@ -319,8 +319,7 @@ def resolve_merge_inputs(
         )
     # A LoRA-format output reads the base's config only: its weights (GBs) are not fetched.
     resolved_base = _fetch(base_at, position=0, allow_pickle=allow_pickle, hub=hub, weights=not lora_only)
-    resolved = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
-    return resolved_base, _check_unique_names(resolved)
+    return resolved_base, _fetch_experts(found, allow_pickle, hub)
 
 
 def _parse_specs(specs: Sequence[ExpertSpec | str]) -> list[ExpertSpec]:
@@ -330,7 +329,9 @@ def _parse_specs(specs: Sequence[ExpertSpec | str]) -> list[ExpertSpec]:
     return parsed
 
 
-def _check_unique_names(experts: list[ResolvedModel]) -> list[ResolvedModel]:
+def _fetch_experts(found: Sequence[_Located], allow_pickle: bool, hub: HubOptions) -> list[ResolvedModel]:
+    """Fetch located experts, naming unnamed ones by position; duplicate names are refused."""
+    experts = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
     seen: dict[str, str] = {}
     for e in experts:
         if e.name in seen:
@@ -352,5 +353,4 @@ def resolve_experts(
     and duplicate names are refused before any merge work."""
     hub = hub or HubOptions()
     found = [_locate(s, allow_pickle=allow_pickle, for_base=False, hub=hub) for s in _parse_specs(specs)]
-    resolved = [_fetch(f, position=i, allow_pickle=allow_pickle, hub=hub) for i, f in enumerate(found)]
-    return _check_unique_names(resolved)
+    return _fetch_experts(found, allow_pickle, hub)

@@ -97,9 +97,6 @@ class Journal:
         """(mode, mixture_id, benchmark) of every record."""
         return {r.key for r in self._iter()}
 
-    def done(self, mode: str) -> set[tuple[str, str]]:
-        return scored(self._iter(), mode)
-
     def append(self, record: JournalRecord) -> None:
         self.append_many([record])
 

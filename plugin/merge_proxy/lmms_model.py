@@ -85,7 +85,8 @@ class MergeProxy(lmms):
 
     def _setup(self, **kwargs: Any) -> None:
         ours, backend_kwargs = parse_model_args(kwargs)
-        self.method = MergeMethod(str(ours.get("method", "linear")), float(ours["scale"]) if ours.get("scale") not in (None, "") else 1.0)
+        scale = ours.get("scale")
+        self.method = MergeMethod(str(ours.get("method", "linear")), 1.0 if scale in (None, "") else float(scale))
         allow_pickle = _truthy(ours.get("allow_pickle", False))
         self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
         self.backend_name = ours.get("backend") or self._default_backend(self.base)
