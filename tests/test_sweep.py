@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,18 @@ def sweep(recipe: Path, out: Path, *extra: str, **kwargs) -> subprocess.Complete
                           capture_output=True, text=True, timeout=900, **kwargs)
 
 
+def shard_processes(out: Path) -> list[int]:
+    """Live processes that belong to the sweep's submitit jobs (their command line names its folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(out / "submitit") in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def comparable(path: Path) -> dict:
     return {r.key: (r.score, r.metrics, r.weights, r.mode) for r in Journal(path).records()}
 
@@ -241,10 +254,35 @@ def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path,
     again = sweep(recipe, out, "--dry-run")
     assert "10 of 10 scores done" in again.stdout
 
-    shards = sweep(recipe, tmp_path / "submitit", "--executor", "submitit-local", "--shards", "2")
+    # SIGTERM to the submitter (its own SLURM time limit, scancel) cancels the shard jobs it waits for;
+    # what they journaled is gathered, and the rerun submits only the rest.
+    out = tmp_path / "submitit"
+    proc = subprocess.Popen([str(SCRIPTS / "merge-proxy"), "sweep", str(recipe), "--out", str(out),
+                             "--executor", "submitit-local", "--shards", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not any(p.read_text().strip() for p in out.glob("shards/*.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert re.search(r"interrupted: cancelled [12] shard job\(s\) \(\d+(, \d+)?\); the scores they journaled are kept",
+                     stderr), stderr[-3000:]
+    assert "merge-proxy sweep: terminated (SIGTERM)" in stderr.splitlines()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and shard_processes(out):
+        time.sleep(0.2)
+    assert not shard_processes(out)
+    gathered = comparable(out / "journal.jsonl")
+    assert 1 <= len(gathered) < 10 and all(reference[k] == v for k, v in gathered.items())
+    first = {p.name for p in out.glob("shards/*.jsonl")}
+
+    shards = sweep(recipe, out, "--executor", "submitit-local", "--shards", "2")
     assert shards.returncode == 0, shards.stderr[-3000:]
-    assert comparable(tmp_path / "submitit" / "journal.jsonl") == reference
-    assert len(list((tmp_path / "submitit" / "shards").glob("*.jsonl"))) == 2
+    assert comparable(out / "journal.jsonl") == reference
+    second = {p.name for p in out.glob("shards/*.jsonl")} - first
+    assert 1 <= len(second) <= 2  # the rerun's shards write new files, never an earlier job's
+    assert len({name.rsplit("-", 1)[0] for name in first}) == len({name.rsplit("-", 1)[0] for name in second}) == 1
 
     record = Journal(journal).records()[0]
     assert record.mode == "proxy" and record.lmms_eval_version == "0.7.3"

@@ -5,13 +5,15 @@ instance, re-merged for every mixture (no checkpoint per mixture), and appends o
 (mixture, benchmark) as soon as it is scored; a rerun skips what the journal holds, so a killed sweep
 loses at most the benchmark in flight. ``mode: truth`` scores models really trained on mixtures into
 the same journal schema. Shards of mixtures can run as SLURM jobs through submitit; each shard writes
-its own journal file, gathered into the main one.
+its own journal file, gathered into the main one. Interrupting the submitter (Ctrl-C, SIGTERM)
+cancels the shard jobs it is waiting for; what they scored stays in their journals for the rerun.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -285,12 +287,14 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: int,
+def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: str,
               sources: dict[str, str] | None = None, base: str | None = None) -> int:
     """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file.
 
-    ``sources`` and ``base`` are the submitter's pinned ones (``repo@sha``), so shards that start
-    hours apart still merge the same commits.
+    ``shard`` names that file uniquely per submission, so a job of an earlier submission that is
+    still running never appends to the same file as a new one (appends from two NFS clients
+    interleave). ``sources`` and ``base`` are the submitter's pinned ones (``repo@sha``), so shards
+    that start hours apart still merge the same commits.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_recipe(recipe_path, output_dir=out_dir)
@@ -298,7 +302,7 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: in
         recipe = replace(recipe, base=base)
     sources = sources or expert_sources(recipe)
     out = Path(out_dir)
-    shard_journal = Journal(out / SHARD_DIR / f"shard-{shard:04d}.jsonl")
+    shard_journal = Journal(out / SHARD_DIR / f"{shard}.jsonl")
     done = scored(all_records(out), recipe.mode)
     wanted = set(mixture_keys)
     items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
@@ -331,19 +335,58 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     if executor_type == "submitit-local":
         mapped = {k: v for k, v in mapped.items() if not k.startswith("slurm_") and k != "gpus_per_node"}
     executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
-    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, list(range(n)),
+    submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    names = [f"shard-{submission}-{i:04d}" for i in range(n)]
+    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, names,
                               [pinned] * n, [base] * n)
     logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
+    try:
+        failures = _wait(jobs)
+    except KeyboardInterrupt:
+        _cancel(jobs)
+        gather(out)
+        raise
+    gather(out)
+    if failures:
+        raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
+                          "rerun the same command to finish the remaining work")
+
+
+def _wait(jobs: Sequence[Any]) -> list[str]:
+    """Wait for every job; one line per failed job (its error's last line), for one error at the end."""
     failures = []
     for job in jobs:
         try:
             job.result()
         except Exception as err:  # noqa: BLE001 - report every failed shard, then fail once
             failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
-    gather(out)
-    if failures:
-        raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
-                          "rerun the same command to finish the remaining work")
+    return failures
+
+
+def _cancel(jobs: Sequence[Any]) -> None:
+    """The submitter was interrupted: its jobs go with it (an orphaned shard would keep a GPU busy
+    for a sweep nobody waits for). Each job journals per score, so the rerun keeps their work."""
+    running = [job for job in jobs if not _finished(job)]
+    stuck = []
+    for job in running:
+        try:
+            job.cancel(check=False)
+        except OSError:  # scancel missing from this node's PATH
+            stuck.append(job.job_id)
+    cancelled = [job.job_id for job in running if job.job_id not in stuck]
+    if cancelled:
+        logger.warning("interrupted: cancelled %d shard job(s) (%s); the scores they journaled are kept, rerun "
+                       "the same command to continue", len(cancelled), ", ".join(cancelled))
+    if stuck:
+        logger.error("could not cancel job(s) %s (no scancel here): cancel them with `scancel %s`",
+                     ", ".join(stuck), " ".join(stuck))
+
+
+def _finished(job: Any) -> bool:
+    try:
+        return bool(job.done())
+    except Exception:  # noqa: BLE001 - sacct unreachable: cancelling a finished job is harmless
+        return False
 
 
 @dataclass(frozen=True)
