@@ -96,3 +96,12 @@ def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
         for p in (REPO_ROOT / "plugin" / "merge_proxy").rglob("__init__.py") if p.parent.name != "merge_proxy"
     )
     assert lines[4] == str(sorted([*source_packages, "merge_proxy.hub_cards", "merge_proxy.recipes"]))
+
+
+def test_readme_links_to_files_that_exist():
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", readme) if "://" not in t and not t.startswith("#")]
+    assert targets, "the README links no local file: the pattern is wrong"
+    assert [t for t in targets if not (REPO_ROOT / t.split("#")[0]).exists()] == []
