@@ -123,3 +123,34 @@ def test_bad_arguments_fail_visibly(tmp_path, tiny_vlm, domains, lora_experts, m
     )
     assert message in proc.stdout + proc.stderr
     assert not list((tmp_path / "out").rglob("*_results.json")) if (tmp_path / "out").exists() else True
+
+
+def test_one_expert_at_weight_one_through_the_cli(tmp_path, tiny_vlm, domains, lora_experts):
+    """lmms-eval hands ``weights=1`` over as the int 1 (the single-expert baseline): still a mixture."""
+    run = run_lmms_eval("merge_proxy", f"pretrained={tiny_vlm.path},experts={lora_experts['a']},weights=1,{CPU}",
+                        [domains.tasks["color"]], tmp_path / "one", include_path=domains.lmms_eval_dir)
+    assert len(responses(run, domains.tasks["color"])) == domains.eval_size
+
+
+def test_identity_tells_apart_backend_arguments_and_retrained_local_experts(tmp_path, tiny_vlm, lora_experts):
+    """Two instances that can answer differently never share lmms-eval's response cache."""
+    import os
+    import shutil
+
+    from merge_proxy.lmms_model import MergeProxy
+
+    expert = tmp_path / "expert-a"
+    shutil.copytree(lora_experts["a"], expert)
+
+    def identity(**backend_args) -> str:
+        model = MergeProxy(pretrained=str(tiny_vlm.path), experts=f"a={expert}", weights="1", device_map="cpu",
+                           device="cpu", **backend_args)
+        return repr(model)
+
+    plain = identity()
+    assert identity() == plain  # the same model: the cache answers a re-run
+    assert identity(max_pixels=3136) != plain
+    assert identity(system_prompt="Answer in French.") != plain
+    weights = expert / "adapter_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # re-trained in place
+    assert identity() != plain

@@ -16,6 +16,7 @@ from typing import Any
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
+from merge_proxy.chat_template import apply_chat_template, load_chat_template
 from merge_proxy.engine import MergeMethod
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve_merge_inputs
@@ -37,7 +38,7 @@ DEFAULT_BACKENDS: dict[str, str] = {
 #: Our own model_args; every other key goes to the backend wrapper unchanged.
 OWN_ARGS: tuple[str, ...] = (
     "pretrained", "experts", "weights", "method", "scale", "backend", "allow_pickle", "keep_base_on",
-    "base_check",
+    "base_check", "chat_template_from",
 )
 _UNSUPPORTED_BACKENDS = {"vllm", "vllm_generate", "sglang", "openai", "async_openai", "litellm"}
 
@@ -53,16 +54,21 @@ def _split_list(text: str) -> list[str]:
 
 
 def parse_model_args(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split lmms-eval's keyword arguments into ours and the backend's; check ours."""
-    ours = {k: v for k, v in kwargs.items() if k in OWN_ARGS}
+    """Split lmms-eval's keyword arguments into ours and the backend's; check ours.
+
+    lmms-eval turns ``weights=1`` into the int 1 and ``experts=0`` into 0 before we see them: our
+    values are taken back as the text the user wrote.
+    """
+    ours = {k: str(v) for k, v in kwargs.items() if k in OWN_ARGS and v is not None}
     backend = {k: v for k, v in kwargs.items() if k not in OWN_ARGS}
     usage = (
         "merge_proxy model_args: pretrained=BASE,experts=NAME=SRC;NAME=SRC,weights=NAME=W;NAME=W"
         "[,method=linear|task_arithmetic][,scale=S][,backend=qwen2_vl|qwen2_5_vl|internvl_hf|...]"
+        "[,chat_template_from=MODEL]"
         f"; our keys: {', '.join(OWN_ARGS)}; any other key goes to the backend wrapper"
     )
     for key in ("pretrained", "experts", "weights"):
-        if not ours.get(key):
+        if not ours.get(key, "").strip():
             raise ConfigError(f"missing {key}=; {usage}")
     return ours, backend
 
@@ -89,6 +95,7 @@ class MergeProxy(lmms):
         self.method = MergeMethod(str(ours.get("method", "linear")), 1.0 if scale in (None, "") else float(scale))
         allow_pickle = _truthy(ours.get("allow_pickle", False))
         self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
+        self.backend_kwargs = dict(backend_kwargs)
         self.backend_name = ours.get("backend") or self._default_backend(self.base)
         if self.backend_name in _UNSUPPORTED_BACKENDS:
             raise ConfigError(
@@ -96,9 +103,13 @@ class MergeProxy(lmms):
                 f"in-process transformers backend ({', '.join(sorted(set(DEFAULT_BACKENDS.values())))}), "
                 "or export the merge with `merge-proxy merge` and evaluate that"
             )
+        # Fetched before the base loads: a wrong source fails in seconds.
+        self.chat_template = load_chat_template(str(ours["chat_template_from"])) if ours.get("chat_template_from") else None
         # The experts are read and checked while the backend loads the base.
         prefetch = PlanPrefetch(self.base, self.experts, check_declared_base=_truthy(ours.get("base_check", True)))
         self.backend = self._build_backend(self.backend_name, backend_kwargs)
+        if self.chat_template is not None:
+            apply_chat_template(self.backend, self.chat_template, self.backend_name)
         self.backend.task_dict = self.task_dict
         module = self._module()
         self.merger = InPlaceMerger(module, prefetch.result(module), keep_base_on=ours.get("keep_base_on"))
@@ -171,11 +182,16 @@ class MergeProxy(lmms):
         return self.merger.mixture
 
     def identity(self) -> str:
-        """What makes two instances answer alike: pinned sources, weights, method, backend."""
-        experts = ";".join(f"{e.name}={e.pinned_source}" for e in self.experts)
+        """What makes two instances answer alike: pinned sources (a local folder also by its files'
+        sizes and times: an expert re-trained into the same output_dir is another model), weights,
+        method, backend and its arguments (max_pixels, system_prompt, ...), prompts."""
+        experts = ";".join(f"{e.name}={_pinned(e)}" for e in self.experts)
+        template = f",chat_template={self.chat_template.fingerprint}" if self.chat_template is not None else ""
+        args = ",".join(f"{k}={self.backend_kwargs[k]}" for k in sorted(self.backend_kwargs))
         return (
-            f"merge_proxy(base={self.base.pinned_source},experts={experts},weights={self.mixture.key()},"
-            f"method={self.method.name},scale={self.method.scale:g},backend={self.backend_name})"
+            f"merge_proxy(base={_pinned(self.base)},experts={experts},weights={self.mixture.key()},"
+            f"method={self.method.name},scale={self.method.scale:g},backend={self.backend_name}{template},"
+            f"backend_args=({args}))"
         )
 
     # lmms-eval's response cache fingerprints a model instance by str(); the default repr holds a
@@ -242,6 +258,17 @@ class MergeProxy(lmms):
         if name in ("backend", "merger", "__setstate__"):
             raise AttributeError(name)
         return getattr(self.backend, name)
+
+
+def _pinned(model: ResolvedModel) -> str:
+    """A Hub source's ``repo@sha``; a local folder's path plus a digest of its files' names, sizes and
+    modification times (reading GBs of weights to hash them would cost more than the cache saves)."""
+    if model.repo_id:
+        return model.pinned_source
+    import hashlib
+
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.path.iterdir() if f.is_file())
+    return f"{model.pinned_source}#{hashlib.sha256(repr(stats).encode()).hexdigest()[:12]}"
 
 
 class MergeProxyChat(MergeProxy):
