@@ -18,6 +18,7 @@ import yaml
 from merge_proxy import generators
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import Journal
+from merge_proxy.mixture import make_mixture
 from merge_proxy.recipe import expand_mixtures, load_recipe
 
 SCRIPTS = Path(sys.executable).parent
@@ -80,8 +81,8 @@ def test_dirichlet_rounding_never_goes_negative_and_linear_refuses_negative_weig
 
 
 def test_shipped_recipes_rank_on_each_tasks_overall_metric():
-    """mmstar and vmcbench declare a category first, MME a sum out of 2000: the recipes say which
-    metric to rank on, every named metric is one the task declares, and MME is brought to 0-1."""
+    """mmstar and vmcbench declare a category first, MME two sums: the recipes say which metric to
+    rank on, every named metric is one the task declares, and MME is brought to 0-1."""
     from lmms_eval.tasks import TaskManager
 
     from merge_proxy.sweep import _declared_metrics
@@ -90,9 +91,8 @@ def test_shipped_recipes_rank_on_each_tasks_overall_metric():
     for path in sorted((REPO_ROOT / "recipes").glob("*dom*.yaml")):
         benchmarks = {b.task: b for b in load_recipe(path).benchmarks}
         assert (benchmarks["mmstar"].metric, benchmarks["vmcbench"].metric) == ("average", "average"), path.name
-        assert benchmarks["mme"].metric == "mme_perception_score" and benchmarks["mme"].weight == 0.0005
         for b in benchmarks.values():
-            assert b.metric is None or b.metric in _declared_metrics(tasks, b.task), (path.name, b.task)
+            assert set(b.metric_names) <= set(_declared_metrics(tasks, b.task)), (path.name, b.task)
         if "internvl" in path.name:
             assert "max_pixels" not in load_recipe(path).backend_args  # a Qwen argument InternVL drops
 
@@ -106,6 +106,14 @@ def test_primary_metric_defaults_to_the_tasks_first_declared_metric():
     assert _primary_metric(reported, Benchmark("mmstar", metric="coarse perception"), "average")[0] == 0.71
     with pytest.raises(ConfigError, match="has no metric 'avg'; it reports: average, coarse perception"):
         _primary_metric(reported, Benchmark("mmstar", metric="avg"))
+    # MME as the reference scores it: (cognition + perception) / 2800; every metric is still journaled
+    mme = {"alias": "mme", "mme_cognition_score,none": 310.0, "mme_perception_score,none": 1400.0}
+    score, metrics = _primary_metric(mme, Benchmark("mme", metric=("mme_cognition_score", "mme_perception_score"),
+                                                    max_score=2800), "mme_cognition_score")
+    assert score == pytest.approx(1710 / 2800) and metrics == {"mme_cognition_score,none": 310.0,
+                                                               "mme_perception_score,none": 1400.0}
+    with pytest.raises(ConfigError, match="has no metric 'mme_total'"):
+        _primary_metric(mme, Benchmark("mme", metric=("mme_cognition_score", "mme_total")))
 
 
 def test_chat_only_backends_get_the_chat_proxy():
@@ -131,12 +139,35 @@ def test_shipped_recipes_load_with_the_papers_counts():
     assert len(recipes) == 24  # 4 base models x 3 sets x (proxy, truth)
     for path in recipes:
         recipe = load_recipe(path)
-        n = counts[path.stem.split("-")[2]]
+        n, k = counts[path.stem.split("-")[2]], len(recipe.experts)
         assert len(recipe.benchmarks) == 14
+        corners = {",".join(f"{e}={int(e == one)}" for e in recipe.experts) for one in recipe.experts}
         if recipe.mode == "truth":
-            assert len(recipe.truth) == n
+            # the papers' mixtures, and each expert alone (the expert is the model trained on its domain only)
+            assert len(recipe.truth) == n + k
+            assert {make_mixture(t.weights, list(recipe.experts)).key() for t in recipe.truth} >= corners
         else:
-            assert len(expand_mixtures(recipe, list(recipe.experts))) == n
+            # the papers' mixtures plus the baselines: the uniform mixture (already in the 2-domain set) and
+            # each expert alone
+            keys = {m.key() for m in expand_mixtures(recipe, list(recipe.experts))}
+            assert len(keys) == n + k + (k > 2)
+            assert keys >= corners
+        mme = next(b for b in recipe.benchmarks if b.task == "mme")
+        # as the reference scores MME: (cognition + perception) / 2800
+        assert (mme.metric_names, mme.max_score, mme.weight) == (("mme_cognition_score", "mme_perception_score"), 2800, 1)
+        qwen_base = recipe.base.startswith("Qwen/Qwen2-VL-") and "Instruct" not in recipe.base
+        assert (recipe.chat_template_from == "Qwen/Qwen2-VL-7B-Instruct") == qwen_base
+
+
+def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("qwen2vl-2b-3dom.yaml", "qwen2vl-2b-3dom"):
+        recipe = load_recipe(name)
+        assert recipe.path == (REPO_ROOT / "recipes" / "qwen2vl-2b-3dom.yaml").resolve()
+        assert recipe.output_dir == tmp_path / "sweeps" / "qwen2vl-2b-3dom"  # outputs stay out of the package
+    with pytest.raises(ConfigError, match=r"recipe qwen2vl-9b\.yaml not found; give a file, or one of the shipped "
+                                          r"recipes: demo, internvl3\.5-2b-2dom"):
+        load_recipe("qwen2vl-9b.yaml")
 
 
 # -------------------------------------------------------------------------------------- recipe errors
@@ -154,7 +185,29 @@ GOOD = {
         ({"base": None}, r":\d+: base: required"),
         ({"mixtures": [{"gird": {"step": 0.5}}]}, r":\d+: mixtures.0: each item is one of grid:"),
         ({"benchmarks": [{"task": "x", "wieght": 2}]}, r":\d+: benchmarks.0.wieght: unknown key"),
-        ({"benchmarks": [{"task": "x", "weight": "heavy"}]}, r":\d+: benchmarks.0.weight: must be a number"),
+        ({"benchmarks": [{"task": "x", "weight": "heavy"}]}, r":\d+: benchmarks.0.weight: must be a finite number"),
+        ({"benchmarks": [{"task": "x", "weight": float("nan")}]}, r":\d+: benchmarks.0.weight: must be a finite number"),
+        ({"benchmarks": [{"task": "x", "weight": -1}]}, r":\d+: benchmarks.0.weight: must be at least 0"),
+        ({"benchmarks": [{"task": "x", "limit": "lots"}]}, r":\d+: benchmarks.0.limit: must be a number of samples"),
+        ({"benchmarks": [{"task": "x", "metric": ["a", 1]}]}, r":\d+: benchmarks.0.metric: must be a metric name"),
+        ({"benchmarks": [{"task": "x", "max_score": 0}]}, r":\d+: benchmarks.0.max_score: must be above 0"),
+        ({"scale": "big"}, r":\d+: scale: must be a finite number, not 'big'"),
+        ({"aggregate": "geometric_mean"}, r":\d+: aggregate: only weighted_mean is supported"),
+        ({"backend_args": ["a", "b"]}, r":\d+: backend_args: must be a mapping"),
+        ({"chat_template_from": ["x"]}, r":\d+: chat_template_from: must be a model directory"),
+        ({"executor": {"shards": "eight"}}, r":\d+: executor.shards: must be a whole number of jobs"),
+        ({"mixtures": [{"grid": 0.25}]}, r":\d+: mixtures.0.grid: must be a mapping \(step, interior\)"),
+        ({"mixtures": [{"grid": {"stp": 0.125}}]}, r":\d+: mixtures.0.grid.stp: unknown key; allowed: step, interior"),
+        ({"mixtures": [{"grid": {"step": 0.5, "interior": "no"}}]}, r":\d+: mixtures.0.grid.interior: must be true or false"),
+        ({"mixtures": [{"paper": {"set": "two_domain", "include_uniform": "false"}}]},
+         r":\d+: mixtures.0.paper.include_uniform: must be true or false"),
+        ({"mixtures": [{"dirichlet": {"alpha": 1}}]}, r":\d+: mixtures.0.dirichlet: needs n:"),
+        ({"mixtures": [{"explicit": {"a": 1}}]}, r":\d+: mixtures.0.explicit: must be a list of mixtures"),
+        ({"experts": {"query": {"domains": "ocr"}}}, r":\d+: experts.query: needs domains: \[a, b, ...\] \(a list"),
+        ({"experts": {"query": {"domains": ["ok", "bad name"]}}}, r":\d+: experts.query.domains.1: invalid domain"),
+        ({"mode": "truth", "truth": [{"weights": {"a": "half", "b": 0.5}, "model": "ORG/m"}]},
+         r":\d+: truth.0.weights.a: must be a finite number, not 'half'"),
+        ({"mode": "truth", "truth": [{"weights": 0.5, "model": "ORG/m"}]}, r":\d+: truth.0.weights: must be a mapping"),
         ({"method": "ties"}, r":\d+: method: must be one of linear, task_arithmetic"),
         ({"include_path": "no/such/dir"}, r":\d+: include_path: .* is not a directory"),
         ({"executor": {"type": "k8s"}}, r":\d+: executor.type: must be local, slurm or submitit-local"),
@@ -176,8 +229,11 @@ def test_mixture_errors_point_at_the_generator(tmp_path):
     path.write_text(yaml.safe_dump({**GOOD, "mixtures": [{"grid": {"step": 0.5}}, {"explicit": [{"a": 0.7, "b": 0.7}]}]},
                                    sort_keys=False))
     recipe = load_recipe(path)
-    with pytest.raises(ConfigError, match=r"r\.yaml:\d+: mixtures\.1\.explicit: linear merge weights must sum to 1"):
+    with pytest.raises(ConfigError, match=r"r\.yaml:\d+: mixtures\.1\.explicit\.0: linear merge weights must sum to 1"):
         expand_mixtures(recipe, ["a", "b"])
+    path.write_text(yaml.safe_dump({**GOOD, "mixtures": [{"explicit": [{"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.7}]}]}))
+    with pytest.raises(ConfigError, match=r"r\.yaml:\d+: mixtures\.0\.explicit\.1: linear merge weights"):
+        expand_mixtures(load_recipe(path), ["a", "b"])
     path.write_text(yaml.safe_dump({**GOOD, "mixtures": [{"paper": "three_domain"}]}, sort_keys=False))
     with pytest.raises(ConfigError, match=r"mixes the domains counting, general, ocr.*name the experts after"):
         expand_mixtures(load_recipe(path), ["a", "b"])
@@ -296,6 +352,7 @@ def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vl
         tmp_path, tiny_vlm, domains, lora_experts, mode="truth", mixtures=None,
         truth=[{"weights": {"a": 0.25, "b": 0.75}, "model": str(lora_experts["c"])},
                {"weights": {"a": 0.5, "b": 0.5}, "model": str(full_experts["f1"])}],
+        chat_template_from=str(tiny_vlm.path),  # both kinds of truth model take it (tests/test_chat_template.py)
     )
     data = yaml.safe_load(recipe.read_text())
     data.pop("mixtures")
@@ -307,6 +364,7 @@ def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vl
         (m, t) for m in ("a=0.25,b=0.75", "a=0.5,b=0.5") for t in (domains.tasks["color"], domains.tasks["shape"])}
     assert {r.mode for r in records} == {"truth"}
     assert {r.model for r in records} == {str(lora_experts["c"]), str(full_experts["f1"])}
+    assert {r.settings["chat_template_from"] for r in records} == {str(tiny_vlm.path)}
 
 
 def journal_record(mode: str, mixture: str, benchmark: str, score: float, settings: dict | None = None):
@@ -341,6 +399,16 @@ def test_resume_counts_only_finite_scores_of_its_own_mode_and_settings(tmp_path,
     Journal(out / "journal.jsonl").append(journal_record("proxy", "a=1,b=0", color, 0.5, {**same[color], "limit": 5}))
     with pytest.raises(ConfigError, match=rf"holds {color} scores made with other settings \(limit: 5 -> None\).*new --out"):
         plan(recipe_path, out)
+    # Settings added later (max_score, chat_template_from) are stored only when used: records written
+    # before them still resume; using one on a journal scored without it is a change.
+    assert "max_score" not in same[color] and "chat_template_from" not in same[color]
+    resumed = tmp_path / "resumed"
+    Journal(resumed / "journal.jsonl").append(journal_record("proxy", "a=0,b=1", color, 0.5, same[color]))
+    assert plan(recipe_path, resumed).done == 1
+    (tmp_path / "later").mkdir()
+    later = write_recipe(tmp_path / "later", tiny_vlm, domains, lora_experts, chat_template_from=str(tiny_vlm.path))
+    with pytest.raises(ConfigError, match=rf"\(chat_template_from: None -> '{tiny_vlm.path}'\)"):
+        plan(later, resumed)
 
 
 def test_truth_mixtures_are_keyed_in_the_experts_order(tmp_path, tiny_vlm, domains, lora_experts):

@@ -7,6 +7,7 @@ relative to the recipe file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ from merge_proxy.errors import ConfigError
 from merge_proxy.mixture import METHODS, check_name
 
 TOP_KEYS = ("name", "base", "experts", "mixtures", "benchmarks", "include_path", "backend", "backend_args",
-            "method", "scale", "aggregate", "output_dir", "mode", "truth", "executor")
+            "chat_template_from", "method", "scale", "aggregate", "output_dir", "mode", "truth", "executor")
+BENCHMARK_KEYS = ("task", "weight", "metric", "max_score", "limit")
+#: The keys of each mixture generator's mapping.
+GENERATOR_KEYS = {"grid": ("step", "interior"), "paper": ("set", "include_uniform"), "dirichlet": ("n", "alpha", "seed")}
 EXECUTOR_KEYS = ("type", "shards", "partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
                  "array_parallelism", "account", "qos")
 
@@ -26,9 +30,19 @@ EXECUTOR_KEYS = ("type", "shards", "partition", "gpus_per_node", "cpus_per_task"
 class Benchmark:
     task: str
     weight: float = 1.0
-    metric: str | None = None
-    """Metric to rank on (lmms-eval's name without the filter); default: the task's first metric."""
+    metric: str | tuple[str, ...] | None = None
+    """Metric to rank on (lmms-eval's name without the filter), or several summed (MME's cognition
+    + perception); default: the task's first metric."""
     limit: int | float | None = None
+    max_score: float | None = None
+    """The metric's full scale: the score is divided by it (MME: 2800), so every benchmark is 0-1
+    before the weights (which are relative) average them."""
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        if self.metric is None:
+            return ()
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,9 @@ class Recipe:
     include_path: Path | None
     backend: str | None
     backend_args: dict[str, Any]
+    chat_template_from: str | None
+    """A model whose chat template renders the prompts (the base's -Instruct model for a base model
+    whose own template is not the format the experts were trained in)."""
     method: str
     scale: float
     aggregate: str
@@ -117,11 +134,23 @@ def _local_or_hub(base_dir: Path, source: str) -> str:
     return str(candidate) if not Path(source).is_absolute() and candidate.exists() else source
 
 
+def _find_recipe(path: Path) -> Path:
+    """A file, or the name of a recipe shipped in the package (``qwen2vl-2b-3dom[.yaml]``), so the
+    recipes' own headers work from any directory after ``pip install``."""
+    if path.is_file():
+        return path
+    from merge_proxy import resources
+
+    shipped = resources.list_recipes()
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name in shipped:
+        return Path(str(resources.recipe_path(name)))
+    raise ConfigError(f"recipe {path} not found; give a file, or one of the shipped recipes: {', '.join(shipped)}")
+
+
 def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recipe:
     """Read and validate a recipe file; ``output_dir`` overrides the recipe's (``--out``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} not found")
+    path = _find_recipe(Path(path))
     text = path.read_text(encoding="utf-8")
     loc = _Located(path, text)
     data = yaml.safe_load(text) or {}
@@ -145,10 +174,16 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     query = None
     if "query" in experts_raw:
         query = experts_raw["query"]
-        if not isinstance(query, dict) or not query.get("domains"):
-            raise loc.error(("experts", "query"), "needs domains: [..] (and optionally base:, author:)")
-        for d in query["domains"]:
-            check_name(str(d), "domain")
+        if not isinstance(query, dict) or not isinstance(query.get("domains"), list) or not query["domains"]:
+            raise loc.error(("experts", "query"), "needs domains: [a, b, ...] (a list; optionally base:, author:)")
+        bad = [k for k in query if k not in ("domains", "base", "author")]
+        if bad:
+            raise loc.error(("experts", "query", bad[0]), "unknown key; allowed: domains, base, author")
+        for j, d in enumerate(query["domains"]):
+            try:
+                check_name(str(d), "domain")
+            except ConfigError as err:
+                raise loc.error(("experts", "query", "domains", j), str(err)) from None
     else:
         for name, source in experts_raw.items():
             try:
@@ -167,21 +202,29 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
         for i, item in enumerate(mixtures):
             if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("grid", "paper", "dirichlet", "explicit"):
                 raise loc.error(("mixtures", i), "each item is one of grid:, paper:, dirichlet:, explicit:")
+            _check_generator(loc, i, *next(iter(item.items())))
     benchmarks = []
     for i, item in enumerate(need("benchmarks", list)):
         item = {"task": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or not item.get("task"):
             raise loc.error(("benchmarks", i), "needs task: (an lmms-eval task name)")
-        extra = set(item) - {"task", "weight", "metric", "limit"}
+        extra = set(item) - set(BENCHMARK_KEYS)
         if extra:
-            raise loc.error(("benchmarks", i, sorted(extra)[0]), "unknown key; allowed: task, weight, metric, limit")
-        try:
-            weight = float(item.get("weight", 1.0))
-        except (TypeError, ValueError):
-            raise loc.error(("benchmarks", i, "weight"), "must be a number") from None
-        if weight < 0:
-            raise loc.error(("benchmarks", i, "weight"), "must not be negative")
-        benchmarks.append(Benchmark(str(item["task"]), weight, item.get("metric"), item.get("limit")))
+            raise loc.error(("benchmarks", i, sorted(extra)[0]), f"unknown key; allowed: {', '.join(BENCHMARK_KEYS)}")
+        weight = _number(loc, ("benchmarks", i, "weight"), item.get("weight", 1.0), minimum=0.0)
+        metric = item.get("metric")
+        if isinstance(metric, list) and metric and all(isinstance(m, str) and m for m in metric):
+            metric = tuple(metric)
+        elif metric is not None and not (isinstance(metric, str) and metric):
+            raise loc.error(("benchmarks", i, "metric"), "must be a metric name, or a list of names to sum")
+        max_score = item.get("max_score")
+        if max_score is not None:
+            max_score = _number(loc, ("benchmarks", i, "max_score"), max_score, minimum=0.0, strict=True)
+        limit = item.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
+                                  or (isinstance(limit, float) and limit > 1)):
+            raise loc.error(("benchmarks", i, "limit"), "must be a number of samples (an integer) or a fraction in (0, 1]")
+        benchmarks.append(Benchmark(str(item["task"]), weight, metric, limit, max_score))
     tasks = [b.task for b in benchmarks]
     if len(set(tasks)) != len(tasks):
         raise loc.error(("benchmarks",), "a task is listed twice")
@@ -193,16 +236,21 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
         for i, item in enumerate(need("truth", list)):
             if not isinstance(item, dict) or "weights" not in item or "model" not in item:
                 raise loc.error(("truth", i), "needs weights: {NAME: W, ...} and model: SOURCE")
-            truth.append(TruthModel({str(k): float(v) for k, v in dict(item["weights"]).items()},
-                                    _local_or_hub(base_dir, str(item["model"]))))
+            if not isinstance(item["weights"], dict):
+                raise loc.error(("truth", i, "weights"), "must be a mapping {NAME: W, ...}")
+            weights = {str(k): _number(loc, ("truth", i, "weights", k), v) for k, v in item["weights"].items()}
+            truth.append(TruthModel(weights, _local_or_hub(base_dir, str(item["model"]))))
     executor_raw = data.get("executor") or {}
     if not isinstance(executor_raw, dict):
         raise loc.error(("executor",), "must be a mapping (type: local|slurm, ...)")
     bad = [k for k in executor_raw if k not in EXECUTOR_KEYS]
     if bad:
         raise loc.error(("executor", bad[0]), f"unknown key; allowed: {', '.join(EXECUTOR_KEYS)}")
+    shards = executor_raw.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise loc.error(("executor", "shards"), "must be a whole number of jobs, at least 1")
     executor = ExecutorSpec(
-        type=str(executor_raw.get("type", "local")), shards=int(executor_raw.get("shards", 1)),
+        type=str(executor_raw.get("type", "local")), shards=shards,
         slurm={k: v for k, v in executor_raw.items() if k not in ("type", "shards")},
     )
     if executor.type not in ("local", "slurm", "submitit-local"):
@@ -213,13 +261,62 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     include = _resolve_path(base_dir, data.get("include_path"))
     if include is not None and not include.is_dir():
         raise loc.error(("include_path",), f"{include} is not a directory")
+    backend_args = data.get("backend_args") or {}
+    if not isinstance(backend_args, dict):
+        raise loc.error(("backend_args",), "must be a mapping of the backend's model_args (max_pixels: ..., ...)")
+    template = data.get("chat_template_from")
+    if template is not None and not (isinstance(template, str) and template):
+        raise loc.error(("chat_template_from",), "must be a model directory, a Hub repo id[@revision] or a .jinja file")
+    scale = _number(loc, ("scale",), data.get("scale", 1.0))
+    aggregate = str(data.get("aggregate", "weighted_mean"))
+    if aggregate != "weighted_mean":
+        raise loc.error(("aggregate",), "only weighted_mean is supported (the benchmarks' weights, normalised)")
     return Recipe(
         path=path.resolve(), name=str(data.get("name", path.stem)), base=base, experts=experts,
         experts_query=query, mixtures=list(mixtures), benchmarks=benchmarks, include_path=include,
-        backend=data.get("backend"), backend_args=dict(data.get("backend_args") or {}), method=method,
-        scale=float(data.get("scale", 1.0)), aggregate=str(data.get("aggregate", "weighted_mean")),
+        backend=data.get("backend"), backend_args=dict(backend_args), method=method,
+        chat_template_from=_local_or_hub(base_dir, template) if template else None,
+        scale=scale, aggregate=aggregate,
         output_dir=out, mode=mode, truth=truth, executor=executor,
     )
+
+
+def _number(loc: _Located, at: tuple, value: Any, minimum: float | None = None, strict: bool = False) -> float:
+    """A finite number (YAML ints and floats, not booleans or strings), optionally bounded below."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise loc.error(at, f"must be a finite number, not {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise loc.error(at, f"must be {'above' if strict else 'at least'} {minimum:g}")
+    return float(value)
+
+
+def _check_generator(loc: _Located, i: int, kind: str, spec: Any) -> None:
+    """The generator's own keys and value types, so a typo (``stp:``) is not a silent default."""
+    at = ("mixtures", i, kind)
+    if kind == "explicit":
+        if not isinstance(spec, list) or not spec:
+            raise loc.error(at, "must be a list of mixtures ({NAME: W, ...} or 'NAME=W,NAME=W')")
+        return
+    if kind == "paper" and isinstance(spec, str):
+        return
+    if kind == "grid" and spec is None:
+        return
+    if not isinstance(spec, dict):
+        hint = "set: two_domain|three_domain|four_domain" if kind == "paper" else ", ".join(GENERATOR_KEYS[kind])
+        raise loc.error(at, f"must be a mapping ({hint})")
+    bad = [k for k in spec if k not in GENERATOR_KEYS[kind]]
+    if bad:
+        raise loc.error((*at, bad[0]), f"unknown key; allowed: {', '.join(GENERATOR_KEYS[kind])}")
+    for flag in ("interior", "include_uniform"):
+        if flag in spec and not isinstance(spec[flag], bool):
+            raise loc.error((*at, flag), f"must be true or false, not {spec[flag]!r}")
+    for key in ("n", "seed"):
+        if key in spec and (isinstance(spec[key], bool) or not isinstance(spec[key], int)):
+            raise loc.error((*at, key), f"must be a whole number, not {spec[key]!r}")
+    if kind == "dirichlet" and "n" not in spec:
+        raise loc.error(at, "needs n: (how many mixtures to draw)")
+    if kind == "paper" and "set" not in spec:
+        raise loc.error(at, "needs set: two_domain|three_domain|four_domain")
 
 
 def expand_mixtures(recipe: Recipe, names: list[str]) -> list:
@@ -240,8 +337,14 @@ def expand_mixtures(recipe: Recipe, names: list[str]) -> list:
             elif kind == "dirichlet":
                 out += gen.dirichlet(names, int(spec["n"]), spec.get("alpha", 1.0), int(spec.get("seed", 0)))
             else:
-                out += gen.explicit(names, spec)
+                for j, one in enumerate(spec):  # per item, so an error names the item at fault
+                    try:
+                        out += gen.explicit(names, [one])
+                    except ConfigError as err:
+                        raise loc.error(("mixtures", i, kind, j), str(err)) from None
         except ConfigError as err:
+            if str(err).startswith(f"{recipe.path}:"):
+                raise
             raise loc.error(("mixtures", i, kind), str(err)) from None
         except (KeyError, TypeError, ValueError) as err:
             raise loc.error(("mixtures", i, kind), f"malformed ({err})") from None

@@ -97,10 +97,19 @@ def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
     """Everything besides the mixture that decides a score, as the journal stores it (JSON types)."""
     import json
 
-    return json.loads(json.dumps({
-        "limit": benchmark.limit, "metric": benchmark.metric, "method": recipe.method, "scale": recipe.scale,
-        "backend": recipe.backend, "backend_args": recipe.backend_args,
-    }, sort_keys=True))
+    found = {
+        "limit": benchmark.limit, "metric": list(benchmark.metric_names) or None, "method": recipe.method,
+        "scale": recipe.scale, "backend": recipe.backend, "backend_args": recipe.backend_args,
+        "max_score": benchmark.max_score, "chat_template_from": recipe.chat_template_from,
+    }
+    if found["metric"] and len(found["metric"]) == 1:
+        found["metric"] = found["metric"][0]
+    # Settings added later are stored only when used, so journals written before them still resume.
+    return json.loads(json.dumps({k: v for k, v in found.items() if v is not None or k in _ALWAYS}, sort_keys=True))
+
+
+#: Settings every journal record has held from the start (None included).
+_ALWAYS = ("limit", "metric", "method", "scale", "backend", "backend_args")
 
 
 def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
@@ -109,10 +118,13 @@ def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
     wanted = {b.task: settings(recipe, b) for b in recipe.benchmarks}
     for record in records:
         expected = wanted.get(record.benchmark)
-        if record.mode != recipe.mode or expected is None or not record.settings or record.settings == expected:
+        if record.mode != recipe.mode or expected is None or not record.settings:
             continue
+        keys = sorted(set(expected) | set(record.settings))
         changed = ", ".join(f"{k}: {record.settings.get(k)!r} -> {expected.get(k)!r}"
-                            for k in sorted(expected) if record.settings.get(k) != expected.get(k))
+                            for k in keys if record.settings.get(k) != expected.get(k))
+        if not changed:
+            continue
         raise ConfigError(
             f"{recipe.output_dir} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
             "mix two experiments: pass a new --out (or output_dir), or move the old journal away"
@@ -131,21 +143,23 @@ def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkI
 def _primary_metric(
     task_results: dict[str, Any], benchmark: Benchmark, default: str | None = None
 ) -> tuple[float, dict[str, float]]:
-    """The score ranked on: the recipe's ``metric``, else the task's first declared metric (its
-    ``metric_list``), never whichever metric lmms-eval happened to report first."""
+    """The score ranked on: the recipe's ``metric`` (several are summed), else the task's first
+    declared metric (its ``metric_list``), never whichever metric lmms-eval happened to report
+    first; divided by ``max_score`` when the recipe gives one."""
     metrics = {k: float(v) for k, v in task_results.items()
                if isinstance(v, (int, float)) and "," in k and "_stderr" not in k}
     if not metrics:
         raise ConfigError(f"lmms-eval reported no metric for {benchmark.task}")
-    wanted = benchmark.metric or default
-    if wanted:
-        key = next((k for k in metrics if k.split(",")[0] == wanted), None)
+    wanted = benchmark.metric_names or ((default,) if default else ())
+    keys = []
+    for name in wanted:
+        key = next((k for k in metrics if k.split(",")[0] == name), None)
         if key is None:
             names = ", ".join(sorted({k.split(",")[0] for k in metrics}))
-            raise ConfigError(f"benchmark {benchmark.task} has no metric {wanted!r}; it reports: {names}")
-    else:
-        key = next(iter(metrics))
-    return metrics[key], metrics
+            raise ConfigError(f"benchmark {benchmark.task} has no metric {name!r}; it reports: {names}")
+        keys.append(key)
+    score = sum(metrics[k] for k in keys) if keys else metrics[next(iter(metrics))]
+    return (score / benchmark.max_score if benchmark.max_score else score), metrics
 
 
 def _declared_metrics(tasks, task: str) -> list[str]:
@@ -177,9 +191,10 @@ class Evaluator:
             )
         self.metrics = {b.task: _declared_metrics(self.tasks, b.task) for b in recipe.benchmarks}
         for b in recipe.benchmarks:  # a typo fails now, not after the whole benchmark ran
-            if b.metric and self.metrics[b.task] and b.metric not in self.metrics[b.task]:
+            unknown = [m for m in b.metric_names if self.metrics[b.task] and m not in self.metrics[b.task]]
+            if unknown:
                 raise ConfigError(
-                    f"{recipe.path}: benchmark {b.task} has no metric {b.metric!r}; its metrics: "
+                    f"{recipe.path}: benchmark {b.task} has no metric {unknown[0]!r}; its metrics: "
                     f"{', '.join(self.metrics[b.task])}"
                 )
         self._proxy = None
@@ -188,6 +203,8 @@ class Evaluator:
         args = dict(self.recipe.backend_args)
         if self.recipe.backend:
             args["backend"] = self.recipe.backend
+        if self.recipe.chat_template_from:
+            args["chat_template_from"] = self.recipe.chat_template_from
         return args
 
     def proxy(self, mixture: Mixture):
@@ -207,6 +224,7 @@ class Evaluator:
     def truth_model(self, source: str):
         """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
         merge), a full checkpoint is loaded by the backend as is."""
+        from merge_proxy.chat_template import apply_chat_template, load_chat_template
         from merge_proxy.experts import ExpertSpec, resolve
         from merge_proxy.lmms_model import MergeProxy, proxy_class
 
@@ -217,8 +235,11 @@ class Evaluator:
         from lmms_eval import models
 
         backend = self.recipe.backend or MergeProxy._default_backend(resolved)
+        template = load_chat_template(self.recipe.chat_template_from) if self.recipe.chat_template_from else None
         cls = models.get_model(backend, force_simple=proxy_class(backend) is MergeProxy)
         model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
+        if template is not None:
+            apply_chat_template(model, template, backend)
         # evaluate() ends with lm.clean(), which deletes the loaded module; keep it for the next
         # benchmark, as MergeProxy.clean does.
         model.clean = gc.collect
