@@ -95,11 +95,17 @@ def test_a_base_with_a_plain_template_answers_as_the_export_in_the_instruct_form
         return {s["doc_id"]: s["filtered_resps"][0] for s in run.samples(task)}
 
     instructed = answers("merge_proxy", f"pretrained={plain},{experts},chat_template_from={tiny_vlm.path}", "proxy")
+    # `merge-proxy merge --chat-template-from` writes the same checkpoint the proxy serves.
     merged = tmp_path / "merged"
-    proc = subprocess.run([str(Path(sys.executable).parent / "merge-proxy"), "merge", "--base", str(tiny_vlm.path),
+    proc = subprocess.run([str(Path(sys.executable).parent / "merge-proxy"), "merge", "--base", str(plain),
                            "--expert", f"a={lora_experts['a']}", "--expert", f"b={lora_experts['b']}",
-                           "--weights", "a=0.4,b=0.6", "--out", str(merged)], capture_output=True, text=True, timeout=300)
+                           "--weights", "a=0.4,b=0.6", "--no-base-check", "--chat-template-from", str(tiny_vlm.path),
+                           "--out", str(merged)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (merged / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    from transformers import AutoProcessor, AutoTokenizer
+
+    assert AutoProcessor.from_pretrained(merged).chat_template == CHAT_TEMPLATE
+    assert AutoTokenizer.from_pretrained(merged).chat_template == CHAT_TEMPLATE
+    assert json.loads((merged / "merge_proxy.json").read_text())["chat_template"]["pinned"] == str(tiny_vlm.path)
     assert instructed == answers("qwen2_vl", f"pretrained={merged}", "stock")
     assert instructed != answers("merge_proxy", f"pretrained={plain},{experts}", "plain")

@@ -110,3 +110,18 @@ def apply_chat_template(backend: Any, template: ChatTemplate, backend_name: str)
     if hasattr(backend, "chat_template"):
         backend.chat_template = template.text
     logger.info("prompts use the chat template of %s (%s)", template.pinned_source, template.fingerprint)
+
+
+def write_chat_template(model_dir: Path, template: ChatTemplate) -> None:
+    """Make a saved model's processor and tokenizer both load ``template``: transformers reads
+    ``chat_template.jinja`` first, so it is written and every other copy of the base's template
+    (``chat_template.json``, the ``chat_template`` key of the processor and tokenizer configs) is
+    removed rather than left to disagree with it."""
+    (model_dir / "chat_template.jinja").write_text(template.text, encoding="utf-8")
+    (model_dir / "chat_template.json").unlink(missing_ok=True)
+    for name in TEMPLATE_FILES[2:]:
+        file = model_dir / name
+        if file.is_file():
+            config = json.loads(file.read_text(encoding="utf-8"))
+            if config.pop("chat_template", None) is not None:
+                file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -19,6 +19,7 @@ import torch
 
 from merge_proxy import __version__
 from merge_proxy.atomic import atomic_output_dir
+from merge_proxy.chat_template import ChatTemplate, write_chat_template
 from merge_proxy.engine import MergeError, MergeMethod, MergePlan, progress
 from merge_proxy.mixture import Mixture
 from merge_proxy.naming import read_safetensors_index
@@ -146,8 +147,13 @@ def export_full(
     out_dir: str | Path,
     dtype: str = "auto",
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    chat_template: ChatTemplate | None = None,
 ) -> ExportResult:
     """Write the merged model as a transformers checkpoint (sharded safetensors, base's other files).
+
+    ``chat_template`` replaces the base's (a Qwen2-VL base evaluated in its Instruct format), so
+    the stock lmms-eval backend on this checkpoint prompts as ``merge_proxy`` with
+    ``chat_template_from`` does.
 
     Streamed: each base tensor is read (positioned reads, no memory map), merged (full experts
     read block by block) and written before the next is read, so peak memory is about two tensors.
@@ -172,6 +178,9 @@ def export_full(
         entries.append((key, name, info.shape, numel * torch.empty((), dtype=STORAGE[name]).element_size()))
     shards = _shards(entries, max_shard_bytes)
     record = provenance(plan, mixture, method, "full", dtype)
+    if chat_template is not None:
+        record["chat_template"] = {"source": chat_template.source, "pinned": chat_template.pinned_source,
+                                   "sha256_12": chat_template.fingerprint}
     merged_count = 0
 
     def produce(indices: list[int], bar):
@@ -204,6 +213,8 @@ def export_full(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
             )
         _copy_aux_files(plan.base.path, staging, dtype)
+        if chat_template is not None:
+            write_chat_template(staging, chat_template)
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(_card(plan, record, "full"), encoding="utf-8")
         written = _dir_bytes(staging)

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="full", choices=("full", "lora"), dest="fmt",
                    help="full checkpoint, or one PEFT adapter (LoRA experts only)")
     p.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights")
+    p.add_argument("--chat-template-from", metavar="MODEL",
+                   help="write MODEL's chat template (directory, ORG/NAME[@REV] or .jinja file) instead of the "
+                   "base's, e.g. the -Instruct model's for a Qwen2-VL base (--format full)")
     p.add_argument("--no-base-check", action="store_true",
                    help="do not compare the base each expert declares with --base (shapes are still checked)")
     p.set_defaults(handler=run, unwind_on_sigterm=True)
@@ -36,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from merge_proxy.engine import MergeMethod, build_plan
     from merge_proxy.experts import ExpertSpec, resolve_merge_inputs
     from merge_proxy.atomic import check_new_output_dir
+    from merge_proxy.chat_template import load_chat_template
+    from merge_proxy.errors import ConfigError
     from merge_proxy.export import export_full, export_lora
     from merge_proxy.mixture import make_mixture
 
     check_new_output_dir(args.out)  # before any download
+    if args.chat_template_from and args.fmt == "lora":
+        raise ConfigError("--chat-template-from applies to --format full (an adapter carries no chat template; "
+                          "serve it with the template of your choice)")
+    template = load_chat_template(args.chat_template_from) if args.chat_template_from else None
     method = MergeMethod(args.method, 1.0 if args.scale is None else args.scale)
     specs = [ExpertSpec.parse(e) for e in args.expert]
     if all(s.name for s in specs):  # check the weights before any download or file read
@@ -49,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     )
     plan = build_plan(base, experts, check_declared_base=not args.no_base_check)
     mixture = plan.mixture(args.weights, method)
-    export = export_lora if args.fmt == "lora" else export_full
-    result = export(plan, mixture, method, args.out, dtype=args.dtype)
+    if args.fmt == "lora":
+        result = export_lora(plan, mixture, method, args.out, dtype=args.dtype)
+    else:
+        result = export_full(plan, mixture, method, args.out, dtype=args.dtype, chat_template=template)
     print(f"{result.path} ({result.format}, {result.bytes_written / 1e6:.1f} MB): {mixture.key()}")
     return 0
