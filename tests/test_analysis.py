@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -17,7 +18,9 @@ from merge_proxy.analysis import (
     analyze,
     bootstrap_indices,
     compare,
+    competition_ranks,
     correlate,
+    expected_top_k_hit,
     normalize_benchmark_weights,
     rank,
 )
@@ -122,13 +125,23 @@ def test_empty_journal_errors(tmp_path):
 # --------------------------------------------------------------------------------------------- ranking
 
 
-def test_rank_breaks_ties_by_mixture_id():
+def test_ties_get_equal_ranks_and_are_all_named(caplog):
+    """Tied mixtures are listed by mixture_id for stable tables, but share a rank (scipy's "min" ranks)
+    and are all named as the best: the id spelling must not decide which one the proxy "prefers"."""
     assert rank({"b": 1.0, "a": 1.0, "c": 2.0}) == ["c", "a", "b"]
     recs = _records("proxy", {(0.75, 0.25): {"x": 0.7}, (0.25, 0.75): {"x": 0.7}, (0.5, 0.5): {"x": 0.1}})
-    analysis = analyze(recs, n_boot=0)
-    assert analysis.recommended.mixture_id == min(_key(0.75, 0.25), _key(0.25, 0.75))
+    with caplog.at_level(logging.WARNING, logger="merge_proxy.analysis"):
+        analysis = analyze(recs, n_boot=0)
+    tied = tuple(sorted([_key(0.75, 0.25), _key(0.25, 0.75)]))
+    assert analysis.recommended.mixture_id == tied[0]
+    assert analysis.best[AGGREGATE] == tied and analysis.best["x"] == tied
+    assert "2 mixtures tie for the best" in caplog.text
     assert analysis.rankings["x"] == analysis.rankings[AGGREGATE]
-    assert [m.rank for m in analysis.mixtures] == [1, 2, 3]
+    expected = stats.rankdata([-0.7, -0.7, -0.1], method="min").tolist()
+    assert [m.rank for m in analysis.mixtures] == expected == [1, 1, 3]
+    assert analysis.to_dict()["best"][AGGREGATE] == list(tied)
+    # equal up to float noise of a weighted mean is a tie too
+    assert competition_ranks({"a": 0.1 + 0.2, "b": 0.3, "c": 0.1}) == {"a": 1, "b": 1, "c": 3}
 
 
 def test_per_benchmark_rankings_differ_from_aggregate():
@@ -262,27 +275,69 @@ def test_top1_top3_regret_known_answers():
     res = compare(proxy, truth, "x", n_boot=0)
     assert res.n == 4
     assert res.proxy_best == "a" and res.truth_best == "b"
-    assert res.top1_hit is False
-    assert res.top3_hit is True
+    assert res.top1_hit == 0.0
+    assert res.top3_hit == 1.0
     assert res.regret == pytest.approx(0.20)
     assert res.proxy_top3 == ("a", "b", "c")
+    assert res.proxy_best_tied == ("a",) and res.truth_best_tied == ("b",)
 
     truth_last = {"a": 0.5, "b": 0.4, "c": 0.3, "d": 0.95}
     res = compare(proxy, truth_last, "x", n_boot=0)
-    assert res.top1_hit is False and res.top3_hit is False
+    assert res.top1_hit == 0.0 and res.top3_hit == 0.0
     assert res.regret == pytest.approx(0.45)
 
     res = compare(proxy, proxy, "x", n_boot=0)
-    assert res.top1_hit is True and res.top3_hit is True and res.regret == 0.0
+    assert res.top1_hit == 1.0 and res.top3_hit == 1.0 and res.regret == 0.0
     assert res.spearman.value == pytest.approx(1.0)
 
 
 def test_top1_counts_ties_in_truth():
     res = compare({"a": 0.9, "b": 0.5, "c": 0.1}, {"a": 0.8, "b": 0.8, "c": 0.1}, "x", n_boot=0)
-    assert res.truth_best == "a"
-    assert res.top1_hit is True and res.regret == 0.0
+    assert res.truth_best == "a" and res.truth_best_tied == ("a", "b")
+    assert res.top1_hit == 1.0 and res.regret == 0.0
     res = compare({"b": 0.9, "a": 0.5, "c": 0.1}, {"a": 0.8, "b": 0.8, "c": 0.1}, "x", n_boot=0)
-    assert res.proxy_best == "b" and res.top1_hit is True and res.regret == 0.0
+    assert res.proxy_best == "b" and res.top1_hit == 1.0 and res.regret == 0.0
+
+
+def _tie_break_reference(proxy, truth, k):
+    """Brute force: every order of the mixtures consistent with the proxy's scores (ties permuted),
+    equally likely; the mean top-k hit and the mean regret of the first pick."""
+    orders = [o for o in itertools.permutations(proxy)
+              if all(proxy[o[i]] >= proxy[o[i + 1]] for i in range(len(o) - 1))]
+    top = max(truth.values())
+    best = {m for m, s in truth.items() if s == top}
+    hit = sum(bool(best & set(o[:k])) for o in orders) / len(orders)
+    regret = sum(top - truth[o[0]] for o in orders) / len(orders)
+    return hit, regret
+
+
+def test_tied_proxy_top_scores_expected_hits_not_id_order():
+    """The reviewer's case: a proxy that scores every mixture alike. Before, the verdict flipped with
+    the mixture-id spelling (m1 best: top-1 yes, regret 0; m4 best: top-1 no, regret 0.8)."""
+    proxy = {"m1": 0.0, "m2": 0.0, "m3": 0.0, "m4": 0.0}
+    for truth in ({"m1": 0.9, "m2": 0.1, "m3": 0.2, "m4": 0.3}, {"m1": 0.1, "m2": 0.2, "m3": 0.3, "m4": 0.9}):
+        res = compare(proxy, truth, "x", n_boot=0)
+        assert res.proxy_best_tied == ("m1", "m2", "m3", "m4")
+        assert res.top1_hit == pytest.approx(1 / 4)  # one of 4 equally likely picks
+        assert res.top3_hit == pytest.approx(3 / 4)  # the best is left out of 3 of 4 places 1/4 of the time
+        assert res.regret == pytest.approx((0 + 0.8 + 0.7 + 0.6) / 4)
+        for k, got in ((1, res.top1_hit), (3, res.top3_hit)):
+            assert got == pytest.approx(_tie_break_reference(proxy, truth, k)[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_expected_hits_and_regret_equal_brute_force_over_tie_orders(seed):
+    rng = np.random.default_rng(seed)
+    ids = [f"m{i}" for i in range(6)]
+    proxy = {m: float(v) for m, v in zip(ids, rng.integers(0, 3, 6))}  # many ties
+    truth = {m: float(v) for m, v in zip(ids, rng.integers(0, 4, 6))}
+    res = compare(proxy, truth, "x", n_boot=0)
+    for k, got in ((1, res.top1_hit), (3, res.top3_hit)):
+        assert got == pytest.approx(_tie_break_reference(proxy, truth, k)[0]), k
+    assert res.regret == pytest.approx(_tie_break_reference(proxy, truth, 1)[1])
+    for k in (1, 2, 3, 4):
+        assert expected_top_k_hit(proxy, res.truth_best_tied, k) == pytest.approx(
+            _tie_break_reference(proxy, truth, k)[0])
 
 
 def test_analyze_with_truth_matches_scipy_and_reports_unmatched(tmp_path, caplog):
@@ -320,7 +375,7 @@ def test_analyze_with_truth_matches_scipy_and_reports_unmatched(tmp_path, caplog
     best_truth = max(range(7), key=lambda i: ta[i])
     pick = max(range(7), key=lambda i: pa[i])
     assert t.aggregate.regret == pytest.approx(ta[best_truth] - ta[pick])
-    assert t.aggregate.top1_hit is (best_truth == pick)
+    assert t.aggregate.top1_hit == float(best_truth == pick)
     # truth values land in the mixture rows
     row = analysis.mixture(_key(*ws[0]))
     assert row.truth_aggregate == pytest.approx(ta[0])
@@ -336,12 +391,52 @@ def test_truth_without_the_proxy_mixtures_errors():
         analyze(proxy, _records("proxy", {(0.25, 0.75): {"x": 0.5}}))
 
 
+def test_recommendation_without_truth_is_not_trained_not_a_hit():
+    """The proxy's best (0.9, 0.1) has no truth run: the comparison over trained mixtures picks the best
+    among them, which says nothing about the recommendation itself."""
+    proxy = _records("proxy", {(0.9, 0.1): {"x": 0.9}, (0.5, 0.5): {"x": 0.6}, (0.3, 0.7): {"x": 0.4},
+                               (0.1, 0.9): {"x": 0.2}})
+    truth = _records("truth", {(0.5, 0.5): {"x": 0.7}, (0.3, 0.7): {"x": 0.5}, (0.1, 0.9): {"x": 0.1}})
+    analysis = analyze(proxy, truth, n_boot=0)
+    t = analysis.truth
+    assert analysis.recommended.mixture_id == _key(0.9, 0.1)
+    assert t.aggregate.proxy_best == _key(0.5, 0.5) and t.aggregate.top1_hit == 1.0  # best among trained
+    check = t.recommendation
+    assert check.mixture_ids == (_key(0.9, 0.1),) and check.untrained == (_key(0.9, 0.1),)
+    assert check.trained is False
+    assert check.top1_hit is None and check.regret is None and check.truth_aggregate is None
+    assert check.top3_hit == 1.0  # the best trained mixture is second in the proxy's full ranking
+    assert check.n_trained == 3 and check.truth_best == (_key(0.5, 0.5),)
+
+    # trained, but not the truth's best: regret by hand
+    truth2 = truth + _records("truth", {(0.9, 0.1): {"x": 0.55}})
+    check = analyze(proxy, truth2, n_boot=0).truth.recommendation
+    assert check.trained is True and check.untrained == ()
+    assert check.truth_aggregate == pytest.approx(0.55)
+    assert check.top1_hit == 0.0 and check.top3_hit == 1.0
+    assert check.regret == pytest.approx(0.7 - 0.55)
+    assert check.same_benchmarks is True
+
+
+def test_unnamed_benchmarks_in_weights_are_dropped_with_a_warning(caplog):
+    recs = _records("proxy", {(0.25, 0.75): {"x": 0.2, "y": 0.9}, (0.5, 0.5): {"x": 0.3, "y": 0.1}})
+    with caplog.at_level(logging.WARNING, logger="merge_proxy.analysis"):
+        analysis = analyze(recs, benchmark_weights={"x": 2}, n_boot=0)
+    assert analysis.benchmark_weights == {"x": 1.0, "y": 0.0}
+    assert "do not name y" in caplog.text and "weight 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="merge_proxy.analysis"):
+        analyze(recs, benchmark_weights={"x": 2, "y": 0}, n_boot=0)
+    assert "do not name" not in caplog.text
+
+
 def test_truth_missing_a_benchmark_compares_on_the_shared_ones():
     tab = {(w, 1 - w): {"x": w, "y": 1 - w} for w in (0.1, 0.3, 0.5, 0.7, 0.9)}
     truth = _records("truth", {k: {"x": v["x"]} for k, v in tab.items()})
     analysis = analyze(_records("proxy", tab), truth, n_boot=0)
     assert analysis.truth.aggregate_benchmarks == ("x",)
     assert analysis.truth.missing_truth_benchmarks == ("y",)
+    assert analysis.truth.recommendation.same_benchmarks is False
     assert analysis.truth.aggregate.spearman.value == pytest.approx(1.0)
     assert [c.benchmark for c in analysis.truth.benchmarks] == ["x"]
 

@@ -123,7 +123,7 @@ def test_report_and_card_render(tmp_path, key):
         assert f"`{m}`" in md.split("Without a truth run")[1].split("\n\n")[0]
 
     data = json.loads(result.analysis_json.read_text())
-    assert data["schema"] == "merge-proxy/analysis" and data["schema_version"] == 1
+    assert data["schema"] == "merge-proxy/analysis" and data["schema_version"] == 2
     assert data["recommended"]["mixture_id"] == best
     assert data["recommended"]["aggregate"] == pytest.approx(means[best])
     assert len(data["mixtures"]) == len(proxy_tab)
@@ -268,7 +268,7 @@ def test_same_journal_for_proxy_and_truth_and_incomplete_mixture(tmp_path):
     assert base["uniform"].mixture_id == "a=0.5,b=0.5"
     assert base["best_single_expert"].mixture_id == "a=0,b=1"  # ties at 0.1: by mixture_id
     assert a.truth.aggregate.n == 4  # the incomplete mixture has no proxy aggregate to compare
-    assert a.truth.aggregate.top1_hit is True and a.truth.aggregate.regret == 0.0
+    assert a.truth.aggregate.top1_hit == 1.0 and a.truth.aggregate.regret == 0.0
     assert "| aggregate | 4 |" in md
 
 
@@ -302,3 +302,145 @@ def test_card_experts_come_from_proxy_records_only(tmp_path):
     assert ctx["base"] == {"source": "base-proxy"}
     assert ctx["recommended"]["mixture_id"] == "a=0.75,b=0.25"
     assert [c["benchmark"] for c in ctx["correlations"]] == ["aggregate", "x"]
+
+
+def _table(records_spec, mode, names=("a", "b", "c")):
+    """JournalRecords of ``mode`` from {weights: {benchmark: score}}."""
+    out = []
+    for weights, scores in records_spec.items():
+        mix = Mixture.from_mapping(dict(zip(names, weights)))
+        out += [JournalRecord(mode, mix.key(), mix.as_dict(), b, s) for b, s in scores.items()]
+    return out
+
+
+GRID3 = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]
+
+
+def _journal(path: Path, records) -> Path:
+    Journal(path).append_many(records)
+    return path
+
+
+def test_tie_at_the_top_is_reported_everywhere(tmp_path):
+    """A proxy scoring every mixture alike: report.md, analysis.json and the card list all six as tied,
+    rank them equally, and score top-k/regret as the expectation over the tied picks."""
+    proxy = _journal(tmp_path / "p.jsonl", _table({w: {"x": 0.0, "y": 0.0} for w in GRID3}, "proxy"))
+    truth_scores = {w: i / 10 for i, w in enumerate(GRID3)}
+    truth = _journal(tmp_path / "t.jsonl", _table({w: {"x": s, "y": s} for w, s in truth_scores.items()}, "truth"))
+    result = write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    ids = sorted(Mixture.from_mapping(dict(zip("abc", w))).key() for w in GRID3)
+    md = result.report.read_text()
+    assert "**Tie: 6 mixtures share the best aggregate proxy score:** " + ", ".join(f"`{m}`" for m in ids) in md
+    ranking = md.split("## Ranking")[1].split("\n## ")[0]
+    assert [line.split("|")[1].strip() for line in ranking.splitlines() if re.match(r"\| \d+ \|", line)] == ["1"] * 6
+    data = json.loads(result.analysis_json.read_text())
+    assert data["best"]["aggregate"] == ids
+    assert [m["rank"] for m in data["mixtures"]] == [1] * 6
+    regret = np.mean([0.5 - s for s in truth_scores.values()])  # the mean over six equally likely picks
+    agg = data["truth"]["aggregate"]
+    assert agg["top1_hit"] == pytest.approx(1 / 6) and agg["top3_hit"] == pytest.approx(3 / 6)
+    assert agg["regret"] == pytest.approx(regret)
+    row = next(line for line in md.splitlines() if line.startswith("| aggregate | 6 |"))
+    assert "tie of 6" in row and "0.17 (tie)" in row and "0.50 (tie)" in row and f"{regret:.4f}" in row
+    card = _render_card(result_card_context(result.analysis, Journal(proxy).records()))
+    assert "**Tie:** 6 mixtures share the best aggregate proxy score: " + ", ".join(f"`{m}`" for m in ids) in card
+    assert "0.17 (tie)" in card
+
+
+def test_untrained_recommendation_is_said_not_scored_as_a_hit(tmp_path):
+    """The recommended mixture has no truth run: report and card say "not trained", the table is labelled
+    "best among trained mixtures", and its top-1/regret are not presented as the recommendation's."""
+    proxy_tab = {w: {"x": 0.1 * i, "y": 0.1 * i} for i, w in enumerate(GRID3)}
+    proxy = _journal(tmp_path / "p.jsonl", _table(proxy_tab, "proxy"))
+    truth = _journal(tmp_path / "t.jsonl", _table({w: s for w, s in list(proxy_tab.items())[:-1]}, "truth"))
+    result = write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    rec = Mixture.from_mapping(dict(zip("abc", GRID3[-1]))).key()
+    assert result.analysis.recommended.mixture_id == rec
+    md = result.report.read_text()
+    assert "**Not trained:**" in md.split("## Recommended mixture")[1].split("\n## ")[0]
+    vs = md.split("## Proxy vs truth")[1]
+    assert f"**The recommendation against truth:** **not trained** (`{rec}` has no truth aggregate)" in vs
+    assert "top-1 and regret are n/a" in vs
+    assert "| best among trained mixtures (proxy) |" in vs
+    data = json.loads(result.analysis_json.read_text())
+    check = data["truth"]["recommendation"]
+    assert check["trained"] is False and check["top1_hit"] is None and check["regret"] is None
+    card = _render_card(result_card_context(result.analysis, Journal(proxy).records()))
+    assert "**Not trained:**" in card and "best among trained mixtures" in card
+
+    # once trained: the recommendation's own top-1 and regret, by hand
+    more = _table({GRID3[-1]: {"x": 0.3, "y": 0.3}}, "truth")
+    truth2 = _journal(tmp_path / "t2.jsonl", Journal(truth).records() + more)
+    md2 = write_report(proxy, truth2, tmp_path / "out2", n_boot=0).report.read_text()
+    assert f"`{rec}` was trained: truth aggregate 0.3000" in md2
+    assert "top-1 no, top-3 yes, regret 0.1000" in md2  # the best trained is 0.4, second in the proxy's order
+
+
+def test_truth_lacking_a_weighted_benchmark_says_the_sets_differ(tmp_path):
+    proxy_tab = {w: {"x": 0.1 * i, "y": 0.05 * i} for i, w in enumerate(GRID3)}
+    proxy = _journal(tmp_path / "p.jsonl", _table(proxy_tab, "proxy"))
+    truth = _journal(tmp_path / "t.jsonl", _table({w: {"x": s["x"]} for w, s in proxy_tab.items()}, "truth"))
+    md = write_report(proxy, truth, tmp_path / "out", n_boot=0).report.read_text()
+    note = "truth has no `y` score, so the truth aggregate averages only `x` while the proxy's recommendation averages `x`, `y`"
+    assert f"**Different benchmark sets:** {note}." in md
+    assert note in md.split("## Recommended mixture")[1].split("\n## ")[0]
+
+
+def test_partial_truth_without_a_complete_mixture_still_plots_benchmarks(tmp_path):
+    """Each trained mixture lacks one benchmark: no aggregate pairs, but every benchmark has pairs."""
+    proxy_tab = {w: {"x": 0.1 * i, "y": 0.2 - 0.01 * i, "z": 0.3 * i} for i, w in enumerate(GRID3)}
+    proxy = _journal(tmp_path / "p.jsonl", _table(proxy_tab, "proxy"))
+    partial = {w: {b: s for j, (b, s) in enumerate(sc.items()) if j != i % 3} for i, (w, sc) in enumerate(proxy_tab.items())}
+    truth = _journal(tmp_path / "t.jsonl", _table(partial, "truth"))
+    result = write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    assert result.analysis.truth.aggregate.n == 0
+    assert {c.n for c in result.analysis.truth.benchmarks} == {4}
+    assert (tmp_path / "out" / "proxy_vs_truth.png").is_file()
+    _assert_png(tmp_path / "out" / "proxy_vs_truth.png")
+    md = result.report.read_text()
+    assert "No mixture has truth on every weighted benchmark (`x`, `y`, `z`)" in md
+    assert "With 0 mixtures" not in md
+    assert "![proxy against truth](proxy_vs_truth.png)" in md
+
+
+def test_score_vs_weight_gives_each_benchmark_its_own_axis(tmp_path, monkeypatch):
+    """A 0-2000 benchmark beside 0-1 ones, and 11 benchmarks (more than tab10's colours): one panel per
+    series, each y-axis spanning its own data only."""
+    import merge_proxy.plots as plots
+
+    benches = [f"b{i:02d}" for i in range(10)] + ["big"]
+    tab = {}
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        tab[(w, 1 - w)] = {b: (2000 * w if b == "big" else 0.5 + 0.1 * w * (i + 1) / 10) for i, b in enumerate(benches)}
+    proxy = _journal(tmp_path / "p.jsonl", _table(tab, "proxy", names=("a", "b")))
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    write_report(proxy, None, tmp_path / "out", n_boot=0)
+    fig = figures[0]
+    titles = {ax.get_title(): ax for ax in fig.axes}
+    assert set(benches) <= set(titles) and any(t.startswith("aggregate") for t in titles)
+    low, high = titles["b00"].get_ylim()
+    assert high < 1.0  # not flattened by "big"'s 0-2000 range
+    assert titles["big"].get_ylim()[1] >= 2000
+
+
+def test_card_says_na_for_undefined_statistics_and_names_the_report_files(tmp_path):
+    proxy = _journal(tmp_path / "p.jsonl", _table({w: {"x": 0.5} for w in GRID3}, "proxy"))
+    truth = _journal(tmp_path / "t.jsonl", _table({w: {"x": 0.1 * i} for i, w in enumerate(GRID3)}, "truth"))
+    result = write_report(proxy, truth, tmp_path / "out", n_boot=20)
+    card = _render_card(result_card_context(result.analysis, Journal(proxy).records()))
+    assert "nan" not in card.lower().replace("nano", "")
+    assert "| aggregate | 6 | n/a | n/a | n/a |" in card
+    assert "`report/report.md`" in card and "`report/analysis.json`" in card
+
+
+def test_report_lists_the_best_mixture_per_benchmark(tmp_path):
+    proxy_tab = {w: {"x": w[0], "y": w[1] + 0.01 * i} for i, w in enumerate(GRID3)}
+    proxy = _journal(tmp_path / "p.jsonl", _table(proxy_tab, "proxy"))
+    md = write_report(proxy, None, tmp_path / "out", n_boot=0).report.read_text()
+    section = md.split("## Best mixture per benchmark")[1].split("\n## ")[0]
+    for bench in ("x", "y"):
+        best = max(proxy_tab, key=lambda w: proxy_tab[w][bench])
+        key = Mixture.from_mapping(dict(zip("abc", best))).key()
+        assert f"| {bench} | {proxy_tab[best][bench]:.4f} | `{key}` |" in section

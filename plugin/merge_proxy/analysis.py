@@ -22,7 +22,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ from merge_proxy.journal import JournalRecord
 logger = logging.getLogger(__name__)
 
 SCHEMA = "merge-proxy/analysis"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: top-k hits are expected rates (floats), ``best`` lists tied mixtures, ``truth.recommendation``
+judges the recommended mixture itself, ranks are equal for tied scores."""
 
 #: Name of the aggregate in per-benchmark tables (a benchmark cannot take it: see :class:`Scores`).
 AGGREGATE = "aggregate"
@@ -42,6 +44,9 @@ WEIGHT_TOLERANCE = 1e-6
 #: Fewer mixtures than this carry no ranking information worth a number: the correlations are NaN.
 MIN_MIXTURES_FOR_CORRELATION = 3
 METHODS = ("spearman", "kendall", "pearson")
+#: Scores equal to this many significant digits are tied: a weighted mean of equal scores can differ
+#: from another in its last bits, and such a difference must not pick a mixture.
+TIE_DIGITS = 12
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,7 +153,10 @@ def normalize_benchmark_weights(
 ) -> dict[str, float]:
     """Benchmark -> weight summing to 1. Unnamed benchmarks get 0; unknown names are an error.
 
-    Default: equal weights. Weights are relative (``{"a": 2, "b": 1}`` means two thirds on a).
+    Default: equal weights. Weights are relative (``{"a": 2, "b": 1}`` means two thirds on a). Naming
+    some benchmarks leaves the others out of the aggregate (weight 0) rather than giving them a default
+    weight: any default would be a guess at their scale. Because that is easy to do by accident
+    (``--weights gqa=2`` to stress one benchmark), :func:`analyze` names the left-out ones in a warning.
     """
     if not benchmarks:
         return {}
@@ -172,15 +180,83 @@ def normalize_benchmark_weights(
     total = math.fsum(raw.values())
     if total <= 0:
         raise ConfigError("benchmark weights are all 0; give at least one benchmark a positive weight")
-    skipped = [b for b, w in raw.items() if w == 0]
+    skipped = [b for b, w in raw.items() if w == 0 and b in benchmark_weights]
     if skipped:
         logger.info("benchmarks with weight 0 (not in the aggregate): %s", ", ".join(skipped))
     return {b: w / total for b, w in raw.items()}
 
 
+def _tie_key(score: float) -> float:
+    """The score as ties are judged: rounded to :data:`TIE_DIGITS` significant digits."""
+    return float(f"{score:.{TIE_DIGITS}g}")
+
+
 def rank(scores: Mapping[str, float]) -> list[str]:
-    """Mixture ids best first; ties broken by mixture_id so that every run picks the same mixture."""
-    return sorted(scores, key=lambda m: (-scores[m], m))
+    """Mixture ids best first. Tied mixtures are listed by mixture_id so that tables and files are
+    stable, but that order means nothing: :func:`competition_ranks` gives them equal ranks and
+    :func:`best_set` names all of them."""
+    return sorted(scores, key=lambda m: (-_tie_key(scores[m]), m))
+
+
+def competition_ranks(scores: Mapping[str, float]) -> dict[str, int]:
+    """mixture_id -> rank, 1 = best, tied mixtures sharing the best rank of their group ("1, 1, 3"):
+    a rank must not say one mixture beats another when their scores are equal."""
+    from scipy.stats import rankdata
+
+    ids = list(scores)
+    if not ids:
+        return {}
+    ranks = rankdata([-_tie_key(scores[m]) for m in ids], method="min")
+    return {m: int(r) for m, r in zip(ids, ranks)}
+
+
+def best_set(scores: Mapping[str, float]) -> tuple[str, ...]:
+    """Every mixture tied for the best score, by mixture_id; empty for no scores."""
+    if not scores:
+        return ()
+    top = max(_tie_key(s) for s in scores.values())
+    return tuple(sorted(m for m, s in scores.items() if _tie_key(s) == top))
+
+
+def _tie_groups(scores: Mapping[str, float]) -> list[list[str]]:
+    """Mixtures grouped by tied score, best group first."""
+    groups: dict[float, list[str]] = {}
+    for m in rank(scores):
+        groups.setdefault(_tie_key(scores[m]), []).append(m)
+    return list(groups.values())
+
+
+def expected_top_k_hit(proxy: Mapping[str, float], targets: Iterable[str], k: int) -> float:
+    """Probability that one of ``targets`` is in the proxy's first ``k`` when the proxy's ties are
+    broken uniformly at random.
+
+    Without ties this is 1.0 or 0.0. A tie straddling the cut at ``k`` (``g`` mixtures for ``s`` places,
+    ``h`` of them targets) misses with probability C(g-h, s) / C(g, s). The expectation, rather than one
+    arbitrary tie-break, keeps the mixture-id spelling out of the verdict: a proxy that scores every
+    mixture alike earns the hit rate of a random pick, not a hit or a miss by alphabetical luck.
+    """
+    wanted = set(targets)
+    slots = k
+    for group in _tie_groups(proxy):
+        if slots <= 0:
+            break
+        hits = len(wanted.intersection(group))
+        if len(group) <= slots:
+            if hits:
+                return 1.0
+            slots -= len(group)
+            continue
+        return 1.0 - math.comb(len(group) - hits, slots) / math.comb(len(group), slots)
+    return 0.0
+
+
+def expected_regret(picks: Sequence[str], truth: Mapping[str, float]) -> float | None:
+    """The truth's best score minus the mean truth score of ``picks`` (the proxy's tied best, each
+    equally likely to be chosen); None when a pick has no truth score (its cost is unknown)."""
+    if not truth or not picks or any(m not in truth for m in picks):
+        return None
+    top = max(truth.values())
+    return float(math.fsum(top - truth[m] for m in picks) / len(picks))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -361,10 +437,19 @@ class Baseline:
 class BenchmarkAnalysis:
     """How well the proxy ranks the mixtures on one benchmark (or on the aggregate), against truth.
 
-    ``top1_hit``: the proxy's best is one of the truth's best (ties in truth all count).
-    ``top3_hit``: a truth-best mixture is within the proxy's top 3.
-    ``regret``: truth score of the truth's best minus truth score of the proxy's pick: what choosing by
-    proxy costs on the real model, in the benchmark's units (0 when the proxy picks right).
+    The proxy's pick here is its best among the compared mixtures (those with truth), which is not the
+    recommended mixture when that one was never trained: :class:`RecommendationCheck` judges that one.
+
+    Ties: the proxy's pick is any of the mixtures tied for its best score (``proxy_best_tied``), each
+    equally likely, since the proxy cannot tell them apart; the truth's best is every mixture tied for
+    the best truth score (``truth_best_tied``). So:
+
+    ``top1_hit``: probability that the proxy's pick is one of the truth's best (1.0 or 0.0 without a
+    tie at the proxy's top). ``top3_hit``: probability that a truth-best mixture is in the proxy's top 3
+    with the proxy's ties broken at random (:func:`expected_top_k_hit`). ``regret``: the truth's best
+    score minus the mean truth score of the proxy's tied picks: the expected cost, in the benchmark's
+    units, of choosing by proxy (0 when it picks right). ``proxy_best`` / ``truth_best`` name the first
+    of each tied set by mixture_id, for plots; that choice carries no information.
     """
 
     benchmark: str
@@ -375,10 +460,13 @@ class BenchmarkAnalysis:
     pearson: Correlation
     proxy_best: str | None
     truth_best: str | None
-    top1_hit: bool | None
-    top3_hit: bool | None
+    top1_hit: float | None
+    top3_hit: float | None
     regret: float | None
     proxy_top3: tuple[str, ...] = ()
+    proxy_best_tied: tuple[str, ...] = ()
+    """Every mixture tied for the proxy's best score (one entry when there is no tie)."""
+    truth_best_tied: tuple[str, ...] = ()
     proxy_scores: dict[str, float] = field(default_factory=dict)
     """The compared proxy scores (mixture_id -> score), for plots and for checking the numbers."""
     truth_scores: dict[str, float] = field(default_factory=dict)
@@ -386,6 +474,37 @@ class BenchmarkAnalysis:
     @property
     def correlations(self) -> dict[str, Correlation]:
         return {"spearman": self.spearman, "kendall": self.kendall, "pearson": self.pearson}
+
+
+@dataclass(frozen=True)
+class RecommendationCheck:
+    """The recommended mixture itself judged against truth.
+
+    :class:`BenchmarkAnalysis` compares the proxy with truth over the trained mixtures only, so its
+    "proxy's pick" is the proxy's best among those, which is not the recommendation when the
+    recommendation was never trained. This is the verdict on the mixture the report tells a reader to
+    train: when it (or a mixture tied with it) has no truth aggregate, it is ``trained`` False and top-1
+    and regret are unknown (None). Otherwise top-1, top-3 and regret are as in
+    :class:`BenchmarkAnalysis` (expected over the tied picks), against the best *trained* mixtures, with
+    the proxy's full ranking (untrained mixtures included) for top-3.
+    """
+
+    mixture_ids: tuple[str, ...]
+    """The recommended mixture and every mixture tied with it (by mixture_id)."""
+    trained: bool
+    untrained: tuple[str, ...]
+    """Those of ``mixture_ids`` without a truth aggregate."""
+    truth_aggregate: float | None
+    """Mean truth aggregate of ``mixture_ids`` when all were trained."""
+    truth_best: tuple[str, ...]
+    """The trained mixtures tied for the best truth aggregate."""
+    n_trained: int
+    top1_hit: float | None
+    top3_hit: float | None
+    regret: float | None
+    same_benchmarks: bool
+    """False when truth lacks a weighted benchmark: the recommendation's proxy aggregate then averages
+    more benchmarks than the truth aggregate it is judged by."""
 
 
 @dataclass(frozen=True)
@@ -406,6 +525,7 @@ class TruthComparison:
     n_boot: int
     seed: int
     confidence: float
+    recommendation: RecommendationCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -419,7 +539,10 @@ class Analysis:
     mixtures: tuple[MixtureResult, ...]
     """Ranked by aggregate; mixtures without an aggregate last, by mixture_id."""
     rankings: dict[str, tuple[str, ...]]
-    """Benchmark (and ``aggregate``) -> mixture ids best first."""
+    """Benchmark (and ``aggregate``) -> mixture ids best first (tied mixtures by mixture_id)."""
+    best: dict[str, tuple[str, ...]]
+    """Benchmark (and ``aggregate``) -> every mixture tied for the best score. More than one for the
+    aggregate means the proxy cannot choose: ``recommended`` is then only the first by mixture_id."""
     recommended: MixtureResult
     incomplete: dict[str, tuple[str, ...]]
     """Proxy mixtures left out of the aggregate -> the weighted benchmarks they lack."""
@@ -457,11 +580,6 @@ def _jsonable(value: Any) -> Any:
 # Analysis
 
 
-def _best_set(scores: Mapping[str, float]) -> set[str]:
-    top = max(scores.values())
-    return {m for m, s in scores.items() if s == top}
-
-
 def compare(
     proxy: Mapping[str, float], truth: Mapping[str, float], benchmark: str,
     *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
@@ -476,17 +594,14 @@ def compare(
                                  None, None, None, None, None)
     p = {m: proxy[m] for m in common}
     t = {m: truth[m] for m in common}
-    proxy_order = rank(p)
-    truth_best = rank(t)[0]
-    best = _best_set(t)
-    pick = proxy_order[0]
-    top3 = tuple(proxy_order[:3])
+    picks, best = best_set(p), best_set(t)
     return BenchmarkAnalysis(
         benchmark=benchmark, n=len(common),
         spearman=corr["spearman"], kendall=corr["kendall"], pearson=corr["pearson"],
-        proxy_best=pick, truth_best=truth_best,
-        top1_hit=pick in best, top3_hit=bool(best & set(top3)),
-        regret=float(t[truth_best] - t[pick]), proxy_top3=top3, proxy_scores=p, truth_scores=t,
+        proxy_best=picks[0], truth_best=best[0],
+        top1_hit=expected_top_k_hit(p, best, 1), top3_hit=expected_top_k_hit(p, best, 3),
+        regret=expected_regret(picks, t), proxy_top3=tuple(rank(p)[:3]), proxy_scores=p, truth_scores=t,
+        proxy_best_tied=picks, truth_best_tied=best,
     )
 
 
@@ -497,10 +612,6 @@ def _is_uniform(weights: Mapping[str, float]) -> bool:
 
 def _is_single(weights: Mapping[str, float]) -> bool:
     return any(abs(w - 1.0) <= WEIGHT_TOLERANCE for w in weights.values())
-
-
-def _ranks(order: Sequence[str]) -> dict[str, int]:
-    return {m: i + 1 for i, m in enumerate(order)}
 
 
 def analyze(
@@ -526,6 +637,10 @@ def analyze(
     if not proxy.benchmarks:
         raise ConfigError("the proxy journal has no usable score (all were missing or not numbers); rerun the sweep")
     weights = normalize_benchmark_weights(benchmark_weights, proxy.benchmarks)
+    unnamed = [b for b in proxy.benchmarks if benchmark_weights is not None and b not in benchmark_weights]
+    if unnamed:
+        logger.warning("the benchmark weights do not name %s: weight 0, left out of the aggregate; "
+                       "name them (TASK=W) to count them", ", ".join(unnamed))
     used = tuple(b for b, w in weights.items() if w > 0)
     agg = proxy.aggregate(weights)
     incomplete = {m: tuple(b) for m, b in proxy.missing(used).items()}
@@ -537,7 +652,12 @@ def analyze(
 
     rankings: dict[str, tuple[str, ...]] = {b: tuple(rank(proxy.column(b))) for b in proxy.benchmarks}
     rankings[AGGREGATE] = tuple(rank(agg))
-    proxy_rank = _ranks(rankings[AGGREGATE])
+    best = {b: best_set(proxy.column(b)) for b in proxy.benchmarks}
+    best[AGGREGATE] = best_set(agg)
+    if len(best[AGGREGATE]) > 1:
+        logger.warning("%d mixtures tie for the best aggregate proxy score: %s; the proxy cannot choose "
+                       "between them", len(best[AGGREGATE]), ", ".join(best[AGGREGATE]))
+    proxy_rank = competition_ranks(agg)
 
     truth_cmp: TruthComparison | None = None
     truth_agg: dict[str, float] = {}
@@ -548,7 +668,9 @@ def analyze(
             proxy, Scores.from_records(truth_records, "truth"), weights, n_boot=n_boot, seed=seed,
             confidence=confidence,
         )
-        truth_rank = _ranks(rank(truth_agg))
+        truth_rank = competition_ranks(truth_agg)
+        truth_cmp = replace(truth_cmp, recommendation=check_recommendation(
+            agg, truth_agg, same_benchmarks=set(truth_cmp.aggregate_benchmarks) == set(used)))
 
     rows = []
     for m in list(rankings[AGGREGATE]) + sorted(set(proxy.mixture_ids) - set(agg)):
@@ -570,8 +692,27 @@ def analyze(
 
     return Analysis(
         domains=proxy.domains, benchmarks=proxy.benchmarks, benchmark_weights=weights,
-        mixtures=tuple(rows), rankings=rankings, recommended=by_id[rankings[AGGREGATE][0]],
+        mixtures=tuple(rows), rankings=rankings, best=best, recommended=by_id[best[AGGREGATE][0]],
         incomplete=incomplete, baselines=tuple(baselines), truth=truth_cmp,
+    )
+
+
+def check_recommendation(
+    proxy_agg: Mapping[str, float], truth_agg: Mapping[str, float], *, same_benchmarks: bool = True,
+) -> RecommendationCheck:
+    """Judge the proxy's best aggregate (all tied mixtures) against the trained mixtures' truth."""
+    picks = best_set(proxy_agg)
+    untrained = tuple(m for m in picks if m not in truth_agg)
+    truth_best = best_set(truth_agg)
+    trained = not untrained and bool(picks)
+    return RecommendationCheck(
+        mixture_ids=picks, trained=trained, untrained=untrained,
+        truth_aggregate=float(math.fsum(truth_agg[m] for m in picks) / len(picks)) if trained else None,
+        truth_best=truth_best, n_trained=len(truth_agg),
+        top1_hit=expected_top_k_hit(proxy_agg, truth_best, 1) if trained else None,
+        top3_hit=expected_top_k_hit(proxy_agg, truth_best, 3) if truth_best else None,
+        regret=expected_regret(picks, truth_agg) if trained else None,
+        same_benchmarks=same_benchmarks,
     )
 
 

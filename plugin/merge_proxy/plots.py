@@ -52,52 +52,57 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
+def _weight_series(analysis: Analysis, name: str, first: str) -> tuple[list, list]:
+    """(weight, proxy score) and (weight, truth score) points of one benchmark (or the aggregate)."""
+    agg = name == "aggregate"
+    pts, truth_pts = [], []
+    for m in analysis.mixtures:
+        w = m.weights[first]
+        value = m.aggregate if agg else m.scores.get(name)
+        if value is not None:
+            pts.append((w, value))
+        tv = m.truth_aggregate if agg else m.truth_scores.get(name)
+        if tv is not None:
+            truth_pts.append((w, tv))
+    return sorted(pts), sorted(truth_pts)
 
 
 def plot_score_vs_weight(analysis: Analysis, out_dir: str | Path) -> Path:
-    """2 domains: score against the first domain's weight, a line per benchmark and the aggregate.
+    """2 domains: score against the first domain's weight, one panel per benchmark and one for the aggregate.
 
-    Truth scores (when given) are drawn as hollow markers in the same colour as their proxy line; the
-    recommended mixture is marked with a dashed vertical line.
+    Small multiples, each with its own y-axis, rather than one shared axis: benchmarks report on
+    different scales (a 0-2000 score beside 0-1 accuracies would flatten the others), and one series per
+    panel needs no colour to tell them apart, however many benchmarks there are. Truth scores (when
+    given) are hollow diamonds; the recommended mixture is a dashed vertical line in every panel.
     """
     if len(analysis.domains) != 2:
         raise ValueError(f"score_vs_weight needs 2 domains, the sweep has {len(analysis.domains)}")
     first, second = analysis.domains
-    fig = _figure(8.5, 4.2)
-    ax = fig.add_subplot()
-    series = [*analysis.benchmarks, "aggregate"]
-    for name, color in zip(series, _colors(len(series))):
-        agg = name == "aggregate"
-        pts, truth_pts = [], []
-        for m in analysis.mixtures:
-            w = m.weights[first]
-            value = m.aggregate if agg else m.scores.get(name)
-            if value is not None:
-                pts.append((w, value))
-            tv = m.truth_aggregate if agg else m.truth_scores.get(name)
-            if tv is not None:
-                truth_pts.append((w, tv))
-        if pts:
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color="black" if agg else color,
-                    lw=2.6 if agg else 1.4, label=f"{name} (proxy)" if truth_pts else name)
-        if truth_pts:
-            ax.scatter([p[0] for p in truth_pts], [p[1] for p in truth_pts], marker="D", s=40,
-                       facecolors="none", edgecolors="black" if agg else color, lw=1.4, label=f"{name} (truth)")
+    series = ["aggregate", *analysis.benchmarks]
+    ncols = min(3, len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig = _figure(3.6 * ncols, 2.9 * nrows)
     rec = analysis.recommended
-    ax.axvline(rec.weights[first], ls="--", color="grey", lw=1)
-    ax.annotate("recommended", (rec.weights[first], 1.0), xycoords=("data", "axes fraction"),
-                ha="center", va="bottom", fontsize=8, color="grey")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"weight of {first} (weight of {second} = 1 - x)")
-    ax.set_ylabel("score")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for i, name in enumerate(series):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        agg = name == "aggregate"
+        pts, truth_pts = _weight_series(analysis, name, first)
+        color = "black" if agg else "tab:blue"
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=color,
+                    lw=2.2 if agg else 1.4, label="proxy")
+        if truth_pts:
+            ax.scatter([p[0] for p in truth_pts], [p[1] for p in truth_pts], marker="D", s=36,
+                       facecolors="none", edgecolors="tab:red", lw=1.4, label="truth")
+        ax.axvline(rec.weights[first], ls="--", color="grey", lw=1, label="recommended")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{name} (weighted mean)" if agg else name, fontsize=9)
+        ax.set_xlabel(f"weight of {first} ({second} = 1 - x)", fontsize=8)
+        ax.set_ylabel("score", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best")
     return _save(fig, Path(out_dir) / SCORE_VS_WEIGHT)
 
 
@@ -183,11 +188,22 @@ def _scatter_panel(ax, comp: BenchmarkAnalysis) -> None:
     ax.grid(alpha=0.3)
 
 
+def _truth_panels(analysis: Analysis) -> list[BenchmarkAnalysis]:
+    """The comparisons that have proxy-truth pairs: the aggregate has none when no mixture has truth on
+    every weighted benchmark, while single benchmarks still do."""
+    if analysis.truth is None:
+        return []
+    return [c for c in (analysis.truth.aggregate, *analysis.truth.benchmarks) if c.n > 0]
+
+
 def plot_proxy_vs_truth(analysis: Analysis, out_dir: str | Path) -> Path:
-    """Any number of domains, with truth: proxy against truth, the aggregate then each benchmark."""
+    """Any number of domains, with truth: proxy against truth, the aggregate then each benchmark, each
+    panel drawn when it has pairs."""
     if analysis.truth is None:
         raise ValueError("proxy_vs_truth needs truth records")
-    panels = [analysis.truth.aggregate, *analysis.truth.benchmarks]
+    panels = _truth_panels(analysis)
+    if not panels:
+        raise ValueError("proxy_vs_truth needs a mixture scored by both proxy and truth")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = _figure(3.6 * ncols, 3.2 * nrows)
@@ -209,6 +225,6 @@ def write_plots(analysis: Analysis, out_dir: str | Path) -> list[Path]:
         written.append(plot_score_vs_weight(analysis, out))
     if len(analysis.domains) == 3:
         written.append(plot_ternary(analysis, out))
-    if analysis.truth is not None and analysis.truth.aggregate.n > 0:
+    if _truth_panels(analysis):
         written.append(plot_proxy_vs_truth(analysis, out))
     return written

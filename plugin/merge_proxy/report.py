@@ -40,8 +40,15 @@ REPORT_TEMPLATE = """\
 ## Recommended mixture
 
 **`{{ rec.mixture_id }}`**: aggregate proxy score {{ rec.aggregate | num }}, rank 1 of {{ n_ranked }}.
-{%- if rec.truth_aggregate is not none %} Trained for real it scores {{ rec.truth_aggregate | num }} \
-(rank {{ rec.truth_rank }} of {{ n_truth_ranked }} trained mixtures).{% endif %}
+{%- if tied | length > 1 %}
+
+**Tie: {{ tied | length }} mixtures share the best aggregate proxy score:** {{ tied | map("code") | join(", ") }}. \
+The proxy cannot choose between them; `{{ rec.mixture_id }}` is shown only because its id sorts first. \
+Choose among them on other grounds, or train each{% if truth %} (their truth is under "Proxy vs truth"){% endif %}.
+{%- elif rec.truth_aggregate is not none %} Trained for real it scores {{ rec.truth_aggregate | num }} \
+(rank {{ rec.truth_rank }} of {{ n_truth_ranked }} trained mixtures{% if truth_partial %}; {{ truth_partial }}{% endif %}).
+{%- elif truth %} **Not trained:** no truth run scores it on every compared benchmark, so whether it \
+beats the trained mixtures is unknown; train it to check the recommendation.{% endif %}
 
 | domain | weight |
 |---|---|
@@ -68,26 +75,50 @@ Left out of the aggregate ranking (a weighted benchmark has no score; rerun the 
 - `{{ m }}`: no score on {{ missing | map("code") | join(", ") }}
 {%- endfor %}
 {% endif %}
+## Best mixture per benchmark
+
+| benchmark | best proxy score | best mixture(s) | top 3 |
+|---|---|---|---|
+{% for row in per_benchmark %}| {{ row.benchmark }} | {{ row.score | num }} | {{ row.best | map("code") | join(", ") }} | {{ row.top3 | join(", ") }} |
+{% endfor %}
 {%- if truth %}
 ## Proxy vs truth
 
 {{ truth.n_matched }} mixture(s) scored by both. Intervals: {{ (truth.confidence * 100) | round | int }}% \
 percentile bootstrap over mixtures ({{ truth.n_boot }} resamples, seed {{ truth.seed }}).
-{%- if truth.aggregate_benchmarks | length < benchmarks | length %} The compared aggregate uses only \
-{{ truth.aggregate_benchmarks | map("code") | join(", ") }} (truth lacks the others).{% endif %}
+{%- if truth_partial %} **Different benchmark sets:** {{ truth_partial }}.{% endif %}
 {% if truth.only_proxy %}
 Without a truth run (left out of the comparison): {{ truth.only_proxy | map("code") | join(", ") }}.
 {% endif %}
 {%- if truth.only_truth %}
 Truth runs of mixtures not in the proxy journal (left out): {{ truth.only_truth | map("code") | join(", ") }}.
 {% endif %}
-| | n | Spearman | Kendall τ-b | Pearson | top-1 | top-3 | regret |
-|---|---|---|---|---|---|---|---|
-{% for row in comparisons %}| {{ row.benchmark }} | {{ row.n }} | {{ row.spearman | ci }} | {{ row.kendall | ci }} | {{ row.pearson | ci }} | {{ row.top1_hit | hit }} | {{ row.top3_hit | hit }} | {{ row.regret | num }} |
+{%- if check %}
+**The recommendation against truth:** {% if check.trained -%}
+{{ check.mixture_ids | map("code") | join(", ") }} {{ "was" if check.mixture_ids | length == 1 else "were all" }} \
+trained: {{ "truth aggregate" if check.mixture_ids | length == 1 else "mean truth aggregate" }} {{ check.truth_aggregate | num }}; against the best of the {{ check.n_trained }} trained \
+mixtures ({{ check.truth_best | map("code") | join(", ") }}): top-1 {{ check.top1_hit | hit }}, \
+top-3 {{ check.top3_hit | hit }}, regret {{ check.regret | num }}.
+{%- else -%}
+**not trained** ({{ check.untrained | map("code") | join(", ") }} {{ "has" if check.untrained | length == 1 else "have" }} \
+no truth aggregate): whether it beats the {{ check.n_trained }} trained mixtures is unknown, so top-1 and \
+regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
+The table below judges the proxy's best *among trained mixtures*, not the recommendation.
+{%- endif %}
+{% endif %}
+{%- if truth.aggregate.n == 0 %}
+No mixture has truth on every weighted benchmark ({{ truth.aggregate_benchmarks | map("code") | join(", ") }}): \
+the aggregate is not compared; the rows per benchmark are.
+{% endif %}
+| | n | Spearman | Kendall τ-b | Pearson | best among trained mixtures (proxy) | top-1 | top-3 | regret |
+|---|---|---|---|---|---|---|---|---|
+{% for row in comparisons %}| {{ row.benchmark }} | {{ row.n }} | {{ row.spearman | ci }} | {{ row.kendall | ci }} | {{ row.pearson | ci }} | {{ row.proxy_best_tied | picks }} | {{ row.top1_hit | hit }} | {{ row.top3_hit | hit }} | {{ row.regret | num }} |
 {% endfor %}
-top-1: the proxy's best mixture is the truth's best; top-3: the truth's best is in the proxy's top 3; \
-regret: the truth's best score minus the truth score of the proxy's pick.
-{%- if truth.aggregate.n < 10 %} With {{ truth.aggregate.n }} mixtures the intervals are rough: a resample holds few distinct mixtures, and two distinct points always correlate at ±1.{% endif %}
+Over the trained mixtures only: top-1: the proxy's best among them is the truth's best; top-3: the \
+truth's best is in the proxy's top 3 of them; regret: the truth's best score minus the truth score of \
+the proxy's pick. When the proxy's best is tied, the pick is any of the tied mixtures with equal chance: \
+top-1 and top-3 are then hit probabilities and regret an expectation.
+{%- if 0 < truth.aggregate.n < 10 %} With {{ truth.aggregate.n }} mixtures the intervals are rough: a resample holds few distinct mixtures, and two distinct points always correlate at ±1.{% endif %}
 {% endif %}
 {%- if plots %}
 ## Plots
@@ -119,23 +150,72 @@ def _opt(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _ci(corr) -> str:
-    if corr is None or not math.isfinite(corr.value):
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _ci_text(value: float | None, low: float | None, high: float | None) -> str:
+    """``0.871 [0.62, 0.97]``; n/a for an undefined statistic (NaN in memory, null in analysis.json)."""
+    if not _finite(value):
         return "n/a"
-    interval = f"[{_num(corr.low, 2)}, {_num(corr.high, 2)}]" if math.isfinite(corr.low) else "[n/a]"
-    return f"{corr.value:.3f} {interval}"
+    interval = f"[{_num(low, 2)}, {_num(high, 2)}]" if _finite(low) else "[n/a]"
+    return f"{value:.3f} {interval}"
 
 
-def _hit(value: bool | None) -> str:
-    return "n/a" if value is None else ("yes" if value else "no")
+def _ci(corr) -> str:
+    return "n/a" if corr is None else _ci_text(corr.value, corr.low, corr.high)
+
+
+def _hit(value: float | None) -> str:
+    """yes / no for a certain hit or miss; the probability when ties made it uncertain."""
+    if value is None:
+        return "n/a"
+    if value in (0.0, 1.0):
+        return "yes" if value else "no"
+    return f"{value:.2f} (tie)"
+
+
+def _picks(mixtures) -> str:
+    """The proxy's pick, or every mixture of a tie (a tie is the pick, not its first by name)."""
+    if not mixtures:
+        return "n/a"
+    if len(mixtures) == 1:
+        return f"`{mixtures[0]}`"
+    return f"tie of {len(mixtures)}: " + ", ".join(f"`{m}`" for m in mixtures)
 
 
 def _environment():
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters.update(num=_num, opt=_opt, ci=_ci, hit=_hit, code=lambda s: f"`{s}`")
+    env.filters.update(num=_num, opt=_opt, ci=_ci, hit=_hit, picks=_picks, code=lambda s: f"`{s}`")
     return env
+
+
+def truth_partial_note(analysis: Analysis) -> str | None:
+    """When truth lacks a weighted benchmark, the proxy and truth aggregates average different sets:
+    a sentence saying which, else None."""
+    truth = analysis.truth
+    if truth is None:
+        return None
+    weighted = [b for b, w in analysis.benchmark_weights.items() if w > 0]
+    if set(truth.aggregate_benchmarks) == set(weighted):
+        return None
+    lacking = [b for b in weighted if b not in truth.aggregate_benchmarks]
+    return (f"truth has no {', '.join(f'`{b}`' for b in lacking)} score, so the truth aggregate averages only "
+            f"{', '.join(f'`{b}`' for b in truth.aggregate_benchmarks)} while the proxy's recommendation "
+            f"averages {', '.join(f'`{b}`' for b in weighted)}")
+
+
+def _per_benchmark(analysis: Analysis) -> list[dict[str, Any]]:
+    """Best mixture(s) and top 3 of each benchmark, from the proxy's per-benchmark rankings."""
+    rows = []
+    for b in analysis.benchmarks:
+        best = analysis.best.get(b, ())
+        scores = {m.mixture_id: m.scores[b] for m in analysis.mixtures if b in m.scores}
+        top3 = [f"`{m}` ({_num(scores[m])})" for m in analysis.rankings.get(b, ())[:3]]
+        rows.append({"benchmark": b, "best": best, "score": scores[best[0]] if best else None, "top3": top3})
+    return rows
 
 
 _CAPTIONS = {
@@ -158,6 +238,10 @@ def render_report(analysis: Analysis, plots: Iterable[str | Path] = (), title: s
         "n_ranked": len(analysis.rankings[AGGREGATE]),
         "n_truth_ranked": sum(m.truth_rank is not None for m in analysis.mixtures),
         "rec": analysis.recommended,
+        "tied": analysis.best[AGGREGATE],
+        "check": truth.recommendation if truth else None,
+        "truth_partial": truth_partial_note(analysis),
+        "per_benchmark": _per_benchmark(analysis),
         "baselines": [
             {**asdict(b), "label": _BASELINE_LABELS.get(b.name, b.name)} for b in analysis.baselines
         ],
@@ -215,8 +299,9 @@ def write_report(
         data = {
             **analysis.to_dict(),
             "title": title or default_title(analysis),
-            "inputs": {"proxy_journal": str(proxy_journal),
-                       "truth_journal": None if truth_journal is None else str(truth_journal)},
+            # absolute, so push-results can tell whether it is given the journals this report read
+            "inputs": {"proxy_journal": str(Path(proxy_journal).absolute()),
+                       "truth_journal": None if truth_journal is None else str(Path(truth_journal).absolute())},
             "plots": names,
         }
         (stage / ANALYSIS_JSON).write_text(
@@ -253,43 +338,76 @@ def _experts(records: Iterable[JournalRecord], order: tuple[str, ...]) -> list[d
     return sorted(seen.values(), key=lambda e: (rank.get(e["name"], len(rank)), e["name"], e["pinned"]))
 
 
+def load_analysis(report_dir: str | Path) -> dict[str, Any]:
+    """A report directory's analysis.json, refused when missing or written by another schema version
+    (a card built from fields it lacks would contradict the report beside it)."""
+    from merge_proxy.analysis import SCHEMA, SCHEMA_VERSION
+
+    path = Path(report_dir) / ANALYSIS_JSON
+    if not path.is_file():
+        raise ConfigError(f"no {ANALYSIS_JSON} in {report_dir}; pass a directory written by `merge-proxy report`")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path} has schema {data.get('schema')!r} version {data.get('schema_version')!r}, this merge-proxy "
+            f"writes {SCHEMA!r} version {SCHEMA_VERSION}; rerun `merge-proxy report` to rewrite the report"
+        )
+    return data
+
+
+def _card_comparison(comp: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the card's table from analysis.json's comparison, raw values and the report's text."""
+    row: dict[str, Any] = {"benchmark": comp["benchmark"], "n": comp["n"]}
+    for method in ("spearman", "kendall", "pearson"):
+        corr = comp[method]
+        row[method], row[f"{method}_low"], row[f"{method}_high"] = corr["value"], corr["low"], corr["high"]
+        row[f"{method}_text"] = _ci_text(corr["value"], corr["low"], corr["high"])
+    row.update(top1_hit=comp["top1_hit"], top3_hit=comp["top3_hit"], regret=comp["regret"],
+               top1_text=_hit(comp["top1_hit"]), top3_text=_hit(comp["top3_hit"]),
+               regret_text=_num(comp["regret"]), pick_text=_picks(comp.get("proxy_best_tied") or ()))
+    return row
+
+
 def result_card_context(
-    analysis: Analysis, records: Iterable[JournalRecord], title: str | None = None
+    analysis: Analysis | Mapping[str, Any], records: Iterable[JournalRecord], title: str | None = None
 ) -> dict[str, Any]:
     """The context of ``hub_cards/result.md.j2``: title, recommended, experts, correlations, and more.
 
-    ``experts`` comes from the records' ``experts`` field (what the sweep really merged, pinned), as
-    dicts with name, source, pinned, revision (and ``sha``, the revision or ``local``, which the shipped
-    template prints). ``correlations`` is empty without truth, aggregate first otherwise; a NaN statistic
-    stays NaN (the template prints ``nan``) rather than looking like a measured 0.
+    ``analysis`` is an :class:`Analysis` or a report's analysis.json (:func:`load_analysis`): both go
+    through the JSON form, so a card pushed beside a report is built from that report's numbers,
+    weights and title, never recomputed. ``experts`` comes from the records' ``experts`` field (what
+    the sweep really merged, pinned), as dicts with name, source, pinned, revision (and ``sha``, the
+    revision or ``local``). ``correlations`` is empty without truth, aggregate first otherwise; an
+    undefined statistic is None and its ``*_text`` says ``n/a``, as report.md does.
     """
+    data = analysis.to_dict() if isinstance(analysis, Analysis) else dict(analysis)
     records = list(records)
-    rec = analysis.recommended
-    correlations = []
-    if analysis.truth is not None:
-        for comp in (analysis.truth.aggregate, *analysis.truth.benchmarks):
-            row: dict[str, Any] = {"benchmark": comp.benchmark, "n": comp.n}
-            for method, corr in comp.correlations.items():
-                row[method] = corr.value
-                row[f"{method}_low"] = corr.low
-                row[f"{method}_high"] = corr.high
-            row.update(top1_hit=comp.top1_hit, top3_hit=comp.top3_hit, regret=comp.regret)
-            correlations.append(row)
+    rec = data["recommended"]
+    truth = data.get("truth")
+    correlations = [_card_comparison(c) for c in ([truth["aggregate"], *truth["benchmarks"]] if truth else [])]
+    check = (truth or {}).get("recommendation")
     base = next((r.base for r in records if r.base and r.mode == "proxy"), None) or \
         next((r.base for r in records if r.base), {})
+    domains = tuple(data["domains"])
     return {
-        "title": title or default_title(analysis),
+        "title": title or data.get("title") or f"Data mixture search over {', '.join(domains)}",
         "recommended": {
-            "mixture_id": rec.mixture_id, "weights": dict(rec.weights), "score": rec.aggregate,
-            "truth_score": rec.truth_aggregate,
+            "mixture_id": rec["mixture_id"], "weights": dict(rec["weights"]), "score": rec["aggregate"],
+            "truth_score": rec["truth_aggregate"], "tied": list(data["best"][AGGREGATE]),
+            "trained": None if check is None else check["trained"],
+            "check": None if check is None else {
+                **check, "top1_text": _hit(check["top1_hit"]), "top3_text": _hit(check["top3_hit"]),
+                "regret_text": _num(check["regret"]), "truth_text": _num(check["truth_aggregate"])},
         },
-        "experts": _experts(records, analysis.domains),
+        "experts": _experts(records, domains),
         "base": dict(base),
-        "benchmarks": list(analysis.benchmarks),
-        "benchmark_weights": dict(analysis.benchmark_weights),
-        "n_mixtures": len(analysis.mixtures),
-        "baselines": [asdict(b) for b in analysis.baselines],
+        "benchmarks": list(data["benchmarks"]),
+        "benchmark_weights": dict(data["benchmark_weights"]),
+        "n_mixtures": len(data["mixtures"]),
+        "baselines": list(data["baselines"]),
         "correlations": correlations,
-        "confidence": analysis.truth.confidence if analysis.truth else None,
-        "n_boot": analysis.truth.n_boot if analysis.truth else None,
+        "confidence": truth["confidence"] if truth else None,
+        "n_boot": truth["n_boot"] if truth else None,
+        "has_truth": truth is not None,
+        "repo_id": None,
     }
