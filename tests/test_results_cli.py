@@ -68,3 +68,104 @@ def test_report_then_push_results_in_one_commit(tmp_path):
     missing = subprocess.run([str(SCRIPTS / "merge-proxy"), "report", str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no journal at" in missing.stderr
+
+
+def _push(tmp_path, hub, proxy, **kwargs) -> str:
+    from merge_proxy.hub import HubOptions
+    from merge_proxy.results import push_results
+
+    return push_results(proxy, "tester/search", hub=HubOptions(endpoint=hub.endpoint, token=hub.token), **kwargs)
+
+
+def _pushed(hub, tmp_path, name: str) -> Path:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    return Path(api.hf_hub_download("tester/search", name, repo_type="dataset", cache_dir=tmp_path / "c"))
+
+
+def test_push_with_report_builds_the_card_from_that_report(tmp_path):
+    """The report was made with --weights t2=1 and a title; the recipe weighs t1 3:1. The card must
+    show the report's recommendation, weights and title (before, it recomputed with the recipe's)."""
+    import json
+
+    import pytest
+
+    from merge_proxy.errors import ConfigError
+    from merge_proxy.results import make_report
+
+    proxy, truth = sweep_dir(tmp_path, "proxy"), sweep_dir(tmp_path, "truth", every=2)
+    result = make_report(proxy, truth, tmp_path / "rep", weights="t2=1", title="Only t2")
+    data = json.loads((tmp_path / "rep" / "analysis.json").read_text())
+    rec = data["recommended"]["mixture_id"]
+    assert rec == result.analysis.recommended.mixture_id == "a=0,b=0,c=1"  # t2 favours c; t1 (recipe) favours a
+    with HubEmulator(tmp_path / "hub") as hub:
+        _push(tmp_path, hub, proxy, report_dir=tmp_path / "rep")  # no --truth: the report's truth is pushed
+        card = _pushed(hub, tmp_path, "README.md").read_text()
+        assert "# Only t2" in card
+        for name, weight in data["recommended"]["weights"].items():
+            assert f"- `{name}`: {weight:.4f}" in card
+        assert f"{data['truth']['aggregate']['spearman']['value']:.3f}" in card
+        assert _pushed(hub, tmp_path, "truth.jsonl").read_text() == (truth / "journal.jsonl").read_text()
+
+        with pytest.raises(ConfigError, match=r"--weights t1=1 differ from the weights of the report"):
+            _push(tmp_path, hub, proxy, report_dir=tmp_path / "rep", weights="t1=1")
+        other = sweep_dir(tmp_path / "other", "truth")
+        with pytest.raises(ConfigError, match="is not the truth journal of the report"):
+            _push(tmp_path, hub, proxy, report_dir=tmp_path / "rep", truth=other)
+
+
+def test_pushed_results_load_with_datasets(tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard, snapshot_download
+
+    proxy, truth = sweep_dir(tmp_path, "proxy"), sweep_dir(tmp_path, "truth", every=2)
+    with HubEmulator(tmp_path / "hub") as hub:
+        _push(tmp_path, hub, proxy, truth=truth)
+        local = Path(snapshot_download("tester/search", repo_type="dataset", endpoint=hub.endpoint,
+                                       token=hub.token, local_dir=tmp_path / "snap"))
+    card = DatasetCard.load(local / "README.md")
+    assert "`report/report.md`" in card.text and "`report/analysis.json`" in card.text
+    for config, sweep in (("proxy", proxy), ("truth", truth)):
+        expected = Journal(sweep / "journal.jsonl").records()
+        ds = datasets.load_dataset(str(local), config, split="train", cache_dir=str(tmp_path / "dscache"))
+        assert ds.num_rows == len(expected), config
+        assert ds["mixture_id"] == [r.mixture_id for r in expected]
+        assert ds["score"] == [r.score for r in expected]
+
+
+def test_report_reads_scores_still_in_shard_journals(tmp_path, caplog):
+    """A sweep interrupted before gathering: some scores only in OUT/shards/*.jsonl, even all of them."""
+    import logging
+
+    from merge_proxy.results import make_report
+
+    full = sweep_dir(tmp_path, "proxy")
+    records = Journal(full / "journal.jsonl").records()
+    mixtures = sorted({r.mixture_id for r in records})
+    for name, keep in (("half", mixtures[::2]), ("none", [])):
+        out = tmp_path / name
+        out.mkdir()
+        main = [r for r in records if r.mixture_id in keep]
+        if main:
+            Journal(out / "journal.jsonl").append_many(main)
+        shard = [r for r in records if r.mixture_id not in keep]
+        Journal(out / "shards" / "job-1.jsonl").append_many(shard + main[:2])  # duplicates are deduped
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="merge_proxy.results"):
+            result = make_report(out, None, out / "report")
+        assert {m.mixture_id for m in result.analysis.mixtures} == set(mixtures), name
+        assert f"{len(shard)} score(s) are only in the shard journals" in caplog.text
+        assert "rerun `merge-proxy sweep`" in caplog.text
+
+
+def test_weights_option_errors_name_the_benchmark(tmp_path):
+    import pytest
+
+    from merge_proxy.errors import ConfigError
+    from merge_proxy.results import benchmark_weights, locate
+
+    inputs = locate(sweep_dir(tmp_path, "proxy"))
+    with pytest.raises(ConfigError, match=r"weight of benchmark 't1' is 'abc', not a number"):
+        benchmark_weights(inputs, "t1=abc")
+    assert benchmark_weights(inputs, "t1=2,t2=0.5") == {"t1": 2.0, "t2": 0.5}

@@ -20,7 +20,7 @@ from typing import Any
 from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
 from merge_proxy.errors import ConfigError
-from merge_proxy.journal import Journal, JournalRecord
+from merge_proxy.journal import JournalRecord
 
 logger = logging.getLogger(__name__)
 
@@ -259,10 +259,13 @@ def default_title(analysis: Analysis) -> str:
 
 
 def _read(path: str | Path, what: str) -> list[JournalRecord]:
-    path = Path(path)
-    if not path.is_file():
+    """The journal's records and, for a sweep's journal.jsonl, those only in its shard journals."""
+    from merge_proxy.results import ResultsInput, read_results
+
+    inputs = ResultsInput(Path(path), None)
+    if not inputs.journal.is_file() and not inputs.shards:
         raise ConfigError(f"no {what} journal at {path}; pass the journal.jsonl the sweep wrote")
-    records = Journal(path).records()
+    records = read_results(inputs)
     if not records:
         raise ConfigError(f"the {what} journal {path} is empty; run the sweep (or the truth evaluations) first")
     return records

@@ -2,21 +2,37 @@
 
 A RESULTS argument is a sweep directory (holding journal.jsonl and the recipe.yaml the sweep copied)
 or a journal file. Benchmark weights of the aggregate come from that recipe unless given.
+
+A SLURM sweep's shards write their own journals (``OUT/shards/*.jsonl``); the submitter folds them into
+journal.jsonl when it gathers, so a sweep that was interrupted (or is still running) can hold scores only
+there. :func:`read_results` reads both, so a report never silently leaves those scores out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.hub import HubOptions
+from merge_proxy.journal import Journal, JournalRecord
 
 logger = logging.getLogger(__name__)
 
 RESULTS_TAGS = ("merge-proxy", "merge-proxy-results", "data-mixture")
+#: What the sweep names its journal and its shards' folder (merge_proxy.sweep, not imported: it pulls
+#: in the evaluation stack, and a report must run on a laptop from a copied sweep directory).
+JOURNAL_FILE = "journal.jsonl"
+SHARD_DIR = "shards"
+#: The dataset configs of a pushed results repo: ``datasets.load_dataset(repo, "proxy")`` reads the
+#: journal, ``"truth"`` the truth journal; without them `datasets` mixes every JSON file it finds.
+PROXY_CONFIG = {"config_name": "proxy", "data_files": [{"split": "train", "path": "journal.jsonl"}],
+                "default": True}
+TRUTH_CONFIG = {"config_name": "truth", "data_files": [{"split": "train", "path": "truth.jsonl"}]}
 
 
 @dataclass(frozen=True)
@@ -28,22 +44,76 @@ class ResultsInput:
     def directory(self) -> Path:
         return self.journal.parent
 
+    @property
+    def shards(self) -> list[Path]:
+        """Shard journals beside a sweep's journal.jsonl (none for a journal file named otherwise)."""
+        if self.journal.name != JOURNAL_FILE:
+            return []
+        return sorted((self.directory / SHARD_DIR).glob("*.jsonl"))
+
 
 def locate(results: str | Path) -> ResultsInput:
-    """A sweep directory or a journal file -> the journal and (if there) the sweep's recipe copy."""
+    """A sweep directory or a journal file -> the journal and (if there) the sweep's recipe copy.
+
+    A sweep directory whose scores are still all in shard journals (journal.jsonl not written yet) is
+    accepted; "no journal" is said only when neither exists.
+    """
     path = Path(results)
-    journal = path / "journal.jsonl" if path.is_dir() else path
-    if not journal.is_file():
+    journal = path / JOURNAL_FILE if path.is_dir() else path
+    inputs = ResultsInput(journal, None)
+    if not journal.is_file() and not inputs.shards:
         raise ConfigError(f"no journal at {journal}; pass a sweep output directory or its journal.jsonl")
     recipe = journal.parent / "recipe.yaml"
     return ResultsInput(journal, recipe if recipe.is_file() else None)
 
 
+def read_results(inputs: ResultsInput) -> list[JournalRecord]:
+    """The journal's records, then those only in shard journals (one per key, the main journal's first).
+
+    Scores only in shards are kept, with a warning saying to gather them: a report that dropped them
+    would rank an unfinished-looking sweep that is in fact done.
+    """
+    records = Journal(inputs.journal).records()
+    seen = {r.key for r in records}
+    fresh: list[JournalRecord] = []
+    for shard in inputs.shards:
+        for r in Journal(shard).records():
+            if r.key not in seen:
+                seen.add(r.key)
+                fresh.append(r)
+    if fresh:
+        logger.warning("%d score(s) are only in the shard journals under %s (not gathered into %s yet); "
+                       "they are included; rerun `merge-proxy sweep` on the recipe to gather them",
+                       len(fresh), inputs.directory / SHARD_DIR, inputs.journal.name)
+    return records + fresh
+
+
+def parse_benchmark_weights(text: str) -> dict[str, float]:
+    """``TASK=W,TASK=W`` (``;`` works too) -> task -> weight; errors name the benchmark and the fix."""
+    weights: dict[str, float] = {}
+    for item in (part.strip() for part in text.replace(";", ",").split(",")):
+        if not item:
+            continue
+        task, sep, raw = (s.strip() for s in item.partition("="))
+        if not sep or not task:
+            raise ConfigError(f"benchmark weight {item!r} is not TASK=W; write e.g. --weights chartqa=2,gqa=1")
+        if task in weights:
+            raise ConfigError(f"benchmark {task!r} is weighted twice in {text!r}; give it once")
+        try:
+            w = float(raw)
+        except ValueError:
+            raise ConfigError(f"weight of benchmark {task!r} is {raw!r}, not a number; write e.g. {task}=2") from None
+        if not math.isfinite(w) or w < 0:
+            raise ConfigError(f"weight of benchmark {task!r} is {raw}; use a finite weight >= 0")
+        weights[task] = w
+    if not weights:
+        raise ConfigError("--weights is empty; write TASK=W,... (e.g. chartqa=2,gqa=1)")
+    return weights
+
+
 def benchmark_weights(inputs: ResultsInput, override: str | None) -> dict[str, float] | None:
     if override:
-        from merge_proxy.mixture import parse_weights
-
-        return parse_weights(override)
+        return parse_benchmark_weights(override)
     if inputs.recipe is None:
         return None
     import yaml
@@ -66,41 +136,81 @@ def make_report(results: str | Path, truth: str | Path | None, out_dir: str | Pa
     return write_report(inputs.journal, truth_journal, out, benchmark_weights(inputs, weights), title)
 
 
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def check_report_matches(data: dict[str, Any], report: Path, inputs: ResultsInput, truth: Path | None,
+                         weights: str | None) -> Path | None:
+    """Refuse a push whose journals or --weights differ from those the report in ``report`` was made
+    with: the card is built from that report, so pushing other inputs beside it would contradict it.
+    Returns the truth journal to push (the report's, when --truth is not given)."""
+    from merge_proxy.analysis import normalize_benchmark_weights
+
+    recorded = data.get("inputs") or {}
+    redo = "rerun `merge-proxy report` with the inputs to push, or push without --report"
+    if recorded.get("proxy_journal") and not _same_path(recorded["proxy_journal"], inputs.journal):
+        raise ConfigError(f"the report in {report} was made from {recorded['proxy_journal']}, not {inputs.journal}; {redo}")
+    report_truth = recorded.get("truth_journal")
+    if truth is not None and (report_truth is None or not _same_path(report_truth, truth)):
+        raise ConfigError(f"--truth {truth} is not the truth journal of the report in {report} "
+                          f"({report_truth or 'none'}); {redo}")
+    if weights:
+        given = normalize_benchmark_weights(parse_benchmark_weights(weights), data["benchmarks"])
+        have = data["benchmark_weights"]
+        if any(abs(given[b] - have.get(b, 0.0)) > 1e-9 for b in given):
+            raise ConfigError(f"--weights {weights} differ from the weights of the report in {report} "
+                              f"({', '.join(f'{b}={w:.3g}' for b, w in have.items())}); drop --weights (the card "
+                              f"uses the report's) or {redo}")
+    if truth is None and report_truth is not None:
+        if not Path(report_truth).is_file():
+            raise ConfigError(f"the report in {report} compared with truth journal {report_truth}, which is gone; "
+                              f"pass --truth with it, or {redo}")
+        return Path(report_truth)
+    return truth
+
+
 def push_results(results: str | Path, repo_id: str, truth: str | Path | None = None,
                  report_dir: str | Path | None = None, private: bool = True, weights: str | None = None,
                  hub: HubOptions | None = None) -> str:
-    """One dataset-repo commit: journals, recipe, report, analysis, plots and a result card."""
+    """One dataset-repo commit: journals, recipe, report, analysis, plots and a result card.
+
+    The card is rendered from the pushed report's analysis.json (its weights, title and truth), so it
+    always agrees with report/report.md beside it; with ``report_dir`` the inputs must match that report.
+    """
     from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData
 
     from merge_proxy.hub import explain_error
-    from merge_proxy.journal import Journal
-    from merge_proxy.report import result_card_context
+    from merge_proxy.report import load_analysis, result_card_context
     from merge_proxy.resources import card_template
 
     hub = hub or HubOptions()
     inputs = locate(results)
-    truth_input = locate(truth) if truth else None
-    records = Journal(inputs.journal).records()
+    truth_journal = locate(truth).journal if truth else None
     with tempfile.TemporaryDirectory(prefix="merge-proxy-results-") as tmp:
-        report = Path(report_dir) if report_dir else None
-        if report is None or not (report / "report.md").is_file():
-            result = make_report(results, truth, Path(tmp) / "report", weights)
-            report, analysis = result.out_dir, result.analysis
+        if report_dir is None:
+            report = make_report(results, truth, Path(tmp) / "report", weights).out_dir
+            data = load_analysis(report)
         else:
-            from merge_proxy.analysis import analyze
-
-            truth_records = Journal(truth_input.journal).records() if truth_input else None
-            analysis = analyze([r for r in records if r.mode == "proxy"],
-                               [r for r in truth_records if r.mode == "truth"] if truth_records else None,
-                               benchmark_weights(inputs, weights))
-        context = result_card_context(analysis, records)
+            report = Path(report_dir)
+            data = load_analysis(report)
+            truth_journal = check_report_matches(data, report, inputs, truth_journal, weights)
+        records = read_results(inputs)
+        journal_copy = Path(tmp) / JOURNAL_FILE  # with the shards' scores, as the report read them
+        Journal(journal_copy).append_many(records)
+        if truth_journal is not None:
+            truth_copy = Path(tmp) / "truth.jsonl"
+            Journal(truth_copy).append_many(read_results(ResultsInput(truth_journal, None)))
+        context = result_card_context(data, records)
         context["recipe"] = inputs.recipe.read_text(encoding="utf-8").strip() if inputs.recipe else None
-        card = DatasetCard.from_template(DatasetCardData(tags=list(RESULTS_TAGS)),
+        context.update(has_truth=truth_journal is not None, repo_id=repo_id)
+        configs = [PROXY_CONFIG] + ([TRUTH_CONFIG] if truth_journal is not None else [])
+        card = DatasetCard.from_template(DatasetCardData(tags=list(RESULTS_TAGS), configs=configs),
                                          template_str=card_template("result"), **context)
-        ops = [CommitOperationAdd("journal.jsonl", str(inputs.journal)),
+        ops = [CommitOperationAdd(JOURNAL_FILE, str(journal_copy)),
                CommitOperationAdd("README.md", str(card).encode())]
-        if truth_input:
-            ops.append(CommitOperationAdd("truth.jsonl", str(truth_input.journal)))
+        if truth_journal is not None:
+            ops.append(CommitOperationAdd("truth.jsonl", str(truth_copy)))
         if inputs.recipe:
             ops.append(CommitOperationAdd("recipe.yaml", str(inputs.recipe)))
         for f in sorted(report.iterdir()):

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("results", help="sweep output directory (or its journal.jsonl)")
     p.add_argument("--truth", help="a truth sweep's directory or journal (mode: truth)")
     p.add_argument("--out", help="report directory (default: RESULTS/report; must not exist)")
-    p.add_argument("--weights", help="benchmark weights of the aggregate, TASK=W,... (default: the recipe's)")
+    p.add_argument("--weights", help="benchmark weights of the aggregate, TASK=W,... (default: the recipe's; "
+                   "benchmarks left unnamed get weight 0)")
     p.add_argument("--title", help="report title")
     p.set_defaults(handler=run_report)
 
@@ -18,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("results", help="sweep output directory (or its journal.jsonl)")
     p.add_argument("--repo", required=True, help="dataset repo id ORG/NAME")
     p.add_argument("--truth", help="a truth sweep's directory or journal")
-    p.add_argument("--report", help="an existing report directory (default: made on the fly)")
-    p.add_argument("--weights", help="benchmark weights of the aggregate, TASK=W,...")
+    p.add_argument("--report", help="an existing report directory; the card is built from its analysis.json, and "
+                   "--truth/--weights, if given, must match it (default: a report made on the fly)")
+    p.add_argument("--weights", help="benchmark weights of the aggregate, TASK=W,... (unnamed benchmarks get 0)")
     p.add_argument("--public", action="store_true", help="create the dataset public (default: private)")
     p.set_defaults(handler=run_push)
 
