@@ -444,3 +444,17 @@ def test_report_lists_the_best_mixture_per_benchmark(tmp_path):
         best = max(proxy_tab, key=lambda w: proxy_tab[w][bench])
         key = Mixture.from_mapping(dict(zip("abc", best))).key()
         assert f"| {bench} | {proxy_tab[best][bench]:.4f} | `{key}` |" in section
+
+
+def test_proxy_vs_truth_plot_marks_every_tied_pick(tmp_path, monkeypatch):
+    import merge_proxy.plots as plots
+
+    proxy = _journal(tmp_path / "p.jsonl", _table({w: {"x": 0.0} for w in GRID3}, "proxy"))
+    truth = _journal(tmp_path / "t.jsonl", _table({w: {"x": i / 10} for i, w in enumerate(GRID3)}, "truth"))
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append((path.name, fig)), real_save(fig, path))[1])
+    write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    fig = dict(figures)["proxy_vs_truth.png"]
+    labels = {h.get_label(): h for h in fig.axes[0].collections}
+    assert len(labels["proxy's pick (tie of 6)"].get_offsets()) == 6

@@ -173,11 +173,15 @@ def _scatter_panel(ax, comp: BenchmarkAnalysis) -> None:
     x = [comp.proxy_scores[m] for m in ids]
     y = [comp.truth_scores[m] for m in ids]
     ax.scatter(x, y, s=28, color="tab:blue", alpha=0.8)
-    if comp.proxy_best is not None:
-        ax.scatter([comp.proxy_scores[comp.proxy_best]], [comp.truth_scores[comp.proxy_best]], marker="*",
-                   s=200, c="red", edgecolors="black", zorder=3, label="proxy's pick")
-    if comp.truth_best is not None:
-        ax.scatter([comp.proxy_scores[comp.truth_best]], [comp.truth_scores[comp.truth_best]], marker="o",
+    # every tied mixture is marked: the first by mixture_id is no more the pick than the others
+    picks = comp.proxy_best_tied or ((comp.proxy_best,) if comp.proxy_best is not None else ())
+    if picks:
+        ax.scatter([comp.proxy_scores[m] for m in picks], [comp.truth_scores[m] for m in picks], marker="*",
+                   s=200, c="red", edgecolors="black", zorder=3,
+                   label="proxy's pick" if len(picks) == 1 else f"proxy's pick (tie of {len(picks)})")
+    bests = comp.truth_best_tied or ((comp.truth_best,) if comp.truth_best is not None else ())
+    if bests:
+        ax.scatter([comp.proxy_scores[m] for m in bests], [comp.truth_scores[m] for m in bests], marker="o",
                    s=160, facecolors="none", edgecolors="green", lw=2, zorder=3, label="truth's best")
     rho = comp.spearman
     ax.set_title(f"{comp.benchmark}: Spearman {_fmt(rho.value)} [{_fmt(rho.low)}, {_fmt(rho.high)}], "
