@@ -3,7 +3,10 @@ in ONE commit.
 
 The card is validated locally before anything is sent, the repository is created first (creating an
 empty repo is no commit), then every file goes in one ``create_commit``: the Hub either has the whole
-expert or none of it. A failure leaves the training output untouched and says how to retry.
+expert or none of it. That commit also deletes every file the target revision holds that the new
+expert does not (a re-published expert must not keep an old run's shards or index), and names the
+revision it read as its parent, so a concurrent commit makes it fail instead of leaving a mix. A
+failure leaves the training output untouched and says how to retry.
 """
 
 from __future__ import annotations
@@ -141,15 +144,35 @@ def publish_expert(
         api.create_repo(spec.repo_id, private=spec.private, exist_ok=True)
         if spec.revision:
             api.create_branch(spec.repo_id, branch=spec.revision, exist_ok=True)
+        parent, stale = _stale_files(api, spec.repo_id, spec.revision, {op.path_in_repo for op in operations})
         info = api.create_commit(
-            spec.repo_id, operations=operations, revision=spec.revision,
+            spec.repo_id, operations=[*operations, *stale], revision=spec.revision, parent_commit=parent,
             commit_message=f"merge-proxy expert: {spec.domain}",
-            commit_description=f"Published by merge-proxy from LLaMA-Factory output ({len(operations)} files).",
+            commit_description=f"Published by merge-proxy from LLaMA-Factory output ({len(operations)} files"
+            + (f", {len(stale)} stale files removed)." if stale else ")."),
         )
     except Exception as err:  # noqa: BLE001 - any client failure gets the same actionable message
         raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations))
+
+
+def _stale_files(api: Any, repo_id: str, revision: str | None, keep: set[str]) -> tuple[str, list[Any]]:
+    """The head commit of ``revision`` and a delete for each file there that the new expert lacks.
+
+    ``create_commit`` only adds: without these deletes, re-publishing a single-file model over a sharded
+    one would keep the old ``model.safetensors.index.json`` and shards, and loaders follow the index.
+    ``.gitattributes`` is the Hub's own file and stays.
+    """
+    from huggingface_hub import CommitOperationDelete
+
+    head = api.repo_info(repo_id, revision=revision).sha
+    present = api.list_repo_files(repo_id, revision=head)
+    stale = sorted(set(present) - keep - {".gitattributes"})
+    if stale:
+        logger.info("%s: removing %d file(s) the new expert does not have: %s", repo_id, len(stale),
+                    ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
+    return head, [CommitOperationDelete(path_in_repo=name) for name in stale]
 
 
 def _describe(err: Exception) -> str:

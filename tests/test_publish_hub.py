@@ -1,0 +1,56 @@
+"""`merge-proxy publish` against the Hub emulator, without training: re-publication, retries, base ids.
+
+The experts are the session's random LoRA/full checkpoints (what LLaMA-Factory saves has the same
+files); each test copies the one it publishes when publishing may write expert.json beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from merge_proxy.experts import resolve_experts
+from merge_proxy.hub import HubOptions
+from merge_proxy.republish import publish_directory
+
+pytest_plugins = ["merge_proxy.testing.hub.pytest_fixtures"]
+SCRIPTS = Path(sys.executable).parent
+BASE_ID = "tester/qwen2-vl-tiny"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPTS / "merge-proxy"), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+@pytest.fixture
+def hub(hub_emulator, tmp_path) -> HubOptions:
+    return HubOptions(endpoint=hub_emulator.endpoint, token=hub_emulator.token, cache_dir=tmp_path / "hf-cache")
+
+
+def test_republishing_replaces_the_files_of_the_previous_expert(tmp_path, hub_api, hub, full_experts):
+    """A single-file expert published over a sharded one: no old shard or index may survive it."""
+    first = publish_directory(full_experts["f2"], repo_id="tester/full-expert", domain="color", base_model=BASE_ID,
+                              hub=hub)
+    assert "model.safetensors.index.json" in hub_api.list_repo_files("tester/full-expert")
+    second = publish_directory(full_experts["f1"], repo_id="tester/full-expert", domain="color", base_model=BASE_ID,
+                               hub=hub)
+
+    local = {p.name for p in full_experts["f1"].iterdir() if p.is_file()}
+    assert set(hub_api.list_repo_files("tester/full-expert")) == local | {"README.md", "expert.json", ".gitattributes"}
+    commits = hub_api.list_repo_commits("tester/full-expert")
+    assert [c.commit_id for c in commits[:2]] == [second.commit_sha, first.commit_sha]  # one commit each
+
+    [expert] = resolve_experts(["color=tester/full-expert"], hub=hub)
+    assert expert.revision == second.commit_sha
+    assert not list(expert.path.glob("model-*.safetensors")) and not (expert.path / "model.safetensors.index.json").exists()
+    assert sha(expert.path / "model.safetensors") == sha(full_experts["f1"] / "model.safetensors")
