@@ -195,3 +195,38 @@ def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+DIRECT_USE = """
+import sys, yaml
+from llamafactory.train.tuner import run_exp
+from merge_proxy.callback import ExpertPublisher
+from merge_proxy.provenance import PublishSpec
+
+args = yaml.safe_load(open(sys.argv[1]))
+args.pop("expert")
+publisher = ExpertPublisher(PublishSpec(domain="color", repo_id="tester/direct", base_model=sys.argv[2]), args)
+run_exp(args=args, callbacks=[publisher])  # raises: nothing may be published, not even at exit
+publisher.finish()
+"""
+
+
+def test_a_run_that_fails_after_the_last_step_publishes_nothing(tmp_path, tiny_vlm, domains, hub):
+    """on_train_end fires before LLaMA-Factory saves metrics; a failure there must not publish at exit."""
+    from huggingface_hub import HfApi
+
+    env = hub.client_env(hf_home=tmp_path / "hf-home")
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    for repo, run in (("tester/color-expert", "cli"), ("tester/direct", "callback")):
+        out = tmp_path / f"failing-{run}"
+        (out / "train_results.json").mkdir(parents=True)  # save_metrics fails after save_model
+        cfg = write_config(tmp_path, tiny_vlm, domains, out, {"domain": "color", "repo_id": repo, "base_model": BASE_ID})
+        if run == "cli":
+            proc = cli("train", str(cfg), env=env)
+        else:
+            proc = subprocess.run([sys.executable, "-c", DIRECT_USE, str(cfg), BASE_ID], capture_output=True,
+                                  text=True, timeout=600, env={**os.environ, **env})
+        assert proc.returncode != 0, proc.stderr[-2000:]
+        assert "IsADirectoryError" in proc.stderr and (out / "adapter_model.safetensors").is_file()
+        assert not api.repo_exists(repo), run
+        assert "nothing published" in proc.stderr, proc.stderr[-2000:]

@@ -10,7 +10,11 @@ and the output directory is complete::
     publisher.finish()
 
 ``merge-proxy train`` does exactly this on every rank; only the main process writes and publishes. A
-caller that forgets ``finish()`` still gets the publication at interpreter exit.
+caller that forgets ``finish()`` still gets the publication at interpreter exit, but only when the
+interpreter exits normally: ``on_train_end`` fires before LLaMA-Factory saves the model, its metrics
+and runs evaluation, so a run that fails after it (a failed save, Ctrl-C) must never publish what the
+output directory then holds (nothing, or an older run's adapter). A caller that catches the failure
+itself calls ``abandon()``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -95,8 +100,20 @@ class ExpertPublisher(TrainerCallback):
         self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
         return self.publication
 
+    def abandon(self, reason: str = "training failed") -> None:
+        """Never publish from this callback: run_exp raised after on_train_end, so the output is suspect."""
+        if not self._finished and self._is_main and self.summary is not None:
+            logger.error("expert: %s after the last training step; nothing published", reason)
+        self._finished = True
+        atexit.unregister(self._finish_at_exit)
+
     def _finish_at_exit(self) -> None:
+        """The fallback for a caller that forgot finish(): only when no exception ended the program."""
         if self._finished:
+            return
+        failure = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if failure is not None:  # set by the interpreter for an exception nobody handled
+            self.abandon(f"the program ended with {type(failure).__name__}")
             return
         try:
             self.finish()

@@ -92,7 +92,11 @@ def run_worker(args: dict[str, Any], spec: PublishSpec) -> None:
     from merge_proxy.callback import ExpertPublisher
 
     publisher = ExpertPublisher(spec, args)
-    run_exp(args=args, callbacks=[publisher])
+    try:
+        run_exp(args=args, callbacks=[publisher])
+    except BaseException as err:  # incl. Ctrl-C: the save, metrics or eval after on_train_end may have failed
+        publisher.abandon(f"LLaMA-Factory failed ({type(err).__name__})")
+        raise
     publication = publisher.finish()
     if publication is not None:
         logger.info("expert published: %s (commit %s)", publication.url, publication.commit_sha)
