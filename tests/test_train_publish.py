@@ -187,6 +187,7 @@ def test_torchrun_two_cpu_processes_make_exactly_one_commit(tmp_path, tiny_vlm, 
         ({"domain": "color"}, "needs repo_id:"),
         ({"domain": "color", "repo_id": "not a repo"}, "is not a Hub repo id"),
         ({"domain": "color", "repo_id": "tester/x"}, "is a local path; add base_model:"),
+        ({"domain": "color", "push": False, "artifact": "full"}, "artifact: full contradicts finetuning_type: lora"),
     ],
 )
 def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert, message):

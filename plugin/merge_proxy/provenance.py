@@ -219,6 +219,25 @@ def artifact_kind(output_dir: Path, spec: PublishSpec | None = None) -> str:
     return detected
 
 
+#: What LLaMA-Factory saves per finetuning_type: PEFT adapters for lora/oft, a whole model otherwise.
+_ARTIFACT_BY_FINETUNING = {"lora": "adapter", "oft": "adapter", "freeze": "full", "full": "full"}
+
+
+def check_artifact_before_training(spec: PublishSpec, args: dict[str, Any]) -> None:
+    """Refuse an ``artifact:`` that the config's finetuning_type cannot produce, before hours of training.
+
+    artifact_kind() checks the saved output too, but only once training is over.
+    """
+    finetuning = str(args.get("finetuning_type", "lora"))
+    expected = _ARTIFACT_BY_FINETUNING.get(finetuning)
+    if spec.artifact and expected and spec.artifact != expected:
+        raise ConfigError(
+            f"expert: artifact: {spec.artifact} contradicts finetuning_type: {finetuning}, which saves "
+            f"{'an adapter' if expected == 'adapter' else 'a full model'}; set artifact: {expected} "
+            f"(or drop it: it is detected), or change finetuning_type"
+        )
+
+
 def resolve_base_model_id(spec: PublishSpec, args: dict[str, Any]) -> str:
     """The Hub id of the base: ``expert.base_model``, else model_name_or_path when it is a Hub id."""
     if spec.base_model:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
-from merge_proxy.provenance import PublishSpec, resolve_base_model_id
+from merge_proxy.provenance import PublishSpec, check_artifact_before_training, resolve_base_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,9 @@ def train(config: str | Path, overrides: Sequence[str] = ()) -> int:
         sys.argv = ["llamafactory-cli", "train", str(config), *overrides]
         launch()
         return 0
+    check_artifact_before_training(spec, args)  # fail before hours of training, not after
     if spec.push:
-        resolve_base_model_id(spec, args)  # fail before hours of training, not after
+        resolve_base_model_id(spec, args)
     if not _use_torchrun():
         run_worker(args, spec)
         return 0
