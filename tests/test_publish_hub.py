@@ -54,3 +54,15 @@ def test_republishing_replaces_the_files_of_the_previous_expert(tmp_path, hub_ap
     assert expert.revision == second.commit_sha
     assert not list(expert.path.glob("model-*.safetensors")) and not (expert.path / "model.safetensors.index.json").exists()
     assert sha(expert.path / "model.safetensors") == sha(full_experts["f1"] / "model.safetensors")
+
+
+def test_publish_errors_name_the_flags(tmp_path, hub_env, lora_experts):
+    """`merge-proxy publish` is a CLI: its errors say which flag to pass, not which YAML key to set."""
+    help_text = cli("publish", "--help", env=hub_env).stdout
+    assert "(default: expert.json's, if any)" not in help_text  # expert.json holds no repo id
+    no_repo = cli("publish", str(lora_experts["a"]), "--domain", "color", "--base-model", BASE_ID, env=hub_env)
+    assert no_repo.returncode == 2 and "pass --repo ORG/NAME" in no_repo.stderr and "repo_id:" not in no_repo.stderr
+    bad_repo = cli("publish", str(lora_experts["a"]), "--repo", "not a repo", "--domain", "color", env=hub_env)
+    assert bad_repo.returncode == 2 and "--repo 'not a repo' is not a Hub repo id" in bad_repo.stderr
+    no_base = cli("publish", str(lora_experts["a"]), "--repo", "tester/a", "--domain", "color", env=hub_env)
+    assert no_base.returncode == 2 and "pass --base-model ORG/NAME" in no_base.stderr

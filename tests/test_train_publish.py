@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,8 @@ def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, dom
         env = hub.client_env(hf_home=tmp_path / "hf-home")
     # The emulator is stopped: the push must fail after training, with the outputs intact.
     out = tmp_path / "shape-expert"
-    expert = {"domain": "color", "repo_id": "tester/color-expert", "base_model": BASE_ID}
+    expert = {"domain": "color", "repo_id": "tester/color-expert", "base_model": BASE_ID,
+              "tags": ["paper-reproduction"], "private": False, "revision": "r16-run2"}
     proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)), env=env)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -117,13 +119,18 @@ def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, dom
     assert (out / "adapter_model.safetensors").is_file() and (out / "expert.json").is_file()
     before = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
 
-    with HubEmulator(data) as hub:  # the Hub is back: retry
-        retry = cli("publish", str(out), "--repo", "tester/color-expert", env=hub.client_env(hf_home=tmp_path / "h"))
-        assert retry.returncode == 0, retry.stderr
+    retry = shlex.split(last.split("retry with: ", 1)[1])
+    assert retry[:2] == ["merge-proxy", "publish"]
+    with HubEmulator(data) as hub:  # the Hub is back: retry with the printed command, as a user would
+        proc = cli(*retry[1:], env=hub.client_env(hf_home=tmp_path / "h"))
+        assert proc.returncode == 0, proc.stderr
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
-        assert [c.title for c in api.list_repo_commits("tester/color-expert")][0] == "merge-proxy expert: color"
-        info = api.model_info("tester/color-expert")
-        assert "merge-proxy-domain:color" in info.tags
+        commits = api.list_repo_commits("tester/color-expert", revision="r16-run2")
+        assert [c.title for c in commits][0] == "merge-proxy expert: color"
+        info = api.model_info("tester/color-expert", revision="r16-run2")
+        assert info.private is False  # the YAML said private: false
+        assert {"merge-proxy-domain:color", "paper-reproduction"} <= set(info.tags)
+        assert "expert.json" not in api.list_repo_files("tester/color-expert")  # main untouched
     assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
 
 
@@ -139,7 +146,7 @@ def test_publish_an_expert_trained_without_merge_proxy(tmp_path, tiny_vlm, domai
     missing = cli("publish", str(out), "--repo", "tester/plain", env=env)
     assert missing.returncode == 2 and "pass --domain D" in missing.stderr
     local_base = cli("publish", str(out), "--repo", "tester/plain", "--domain", "color", env=env)
-    assert local_base.returncode == 2 and "base_model" in local_base.stderr
+    assert local_base.returncode == 2 and "pass --base-model ORG/NAME" in local_base.stderr
     ok = cli("publish", str(out), "--repo", "tester/plain", "--domain", "color", "--base-model", BASE_ID,
              "--config", str(cfg), "--public", env=env)
     assert ok.returncode == 0, ok.stderr

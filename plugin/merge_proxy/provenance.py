@@ -238,14 +238,18 @@ def check_artifact_before_training(spec: PublishSpec, args: dict[str, Any]) -> N
         )
 
 
-def resolve_base_model_id(spec: PublishSpec, args: dict[str, Any]) -> str:
-    """The Hub id of the base: ``expert.base_model``, else model_name_or_path when it is a Hub id."""
+def resolve_base_model_id(
+    spec: PublishSpec, args: dict[str, Any], fix: str = "add base_model: ORG/NAME (its Hub id) to the expert: block",
+) -> str:
+    """The Hub id of the base: ``expert.base_model``, else model_name_or_path when it is a Hub id.
+
+    ``fix`` says how the caller's user supplies the id (a YAML key for train, a flag for publish).
+    """
     if spec.base_model:
         return spec.base_model
     path = str(args.get("model_name_or_path", ""))
     if looks_like_repo_id(path) and path.count("/") == 1 and not Path(path).exists():
         return path
     raise ConfigError(
-        f"model_name_or_path {path!r} is a local path; add base_model: ORG/NAME (its Hub id) to the expert: block "
-        "so that the expert's card names its base"
+        f"the base model {path!r} (model_name_or_path) is a local path; {fix} so that the expert's card names its base"
     )

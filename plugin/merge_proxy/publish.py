@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,14 +123,19 @@ def publish_expert(
     expert: dict[str, Any],
     base_model_id: str,
     hub: HubOptions | None = None,
+    config: str | Path | None = None,
 ) -> Publication:
-    """Create (if needed) the repo and push the expert in one commit; raise PublishError on failure."""
+    """Create (if needed) the repo and push the expert in one commit; raise PublishError on failure.
+
+    ``config`` (the training YAML a ``merge-proxy publish --config`` read) only goes into the retry
+    command printed on failure.
+    """
     from huggingface_hub import CommitOperationAdd
 
     hub = hub or HubOptions()
     output_dir = Path(output_dir)
     if not spec.repo_id:
-        raise PublishError("no repo_id to publish to; set expert: repo_id: or pass --repo ORG/NAME")
+        raise PublishError("no Hub repo to publish to; set expert: repo_id: ORG/NAME, or pass --repo ORG/NAME")
     files = artifact_files(output_dir)
     card = render_card(spec, expert, base_model_id, spec.repo_id)
     expert_json = json.dumps(expert, indent=2, sort_keys=False) + "\n"
@@ -138,8 +144,7 @@ def publish_expert(
     operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api = hub.api()
-    retry = (f"the training output in {output_dir} is intact; retry with: merge-proxy publish {output_dir} "
-             f"--repo {spec.repo_id} --domain {spec.domain}")
+    retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     try:
         api.create_repo(spec.repo_id, private=spec.private, exist_ok=True)
         if spec.revision:
@@ -155,6 +160,23 @@ def publish_expert(
         raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations))
+
+
+def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, config: str | Path | None = None) -> str:
+    """The ``merge-proxy publish`` line that publishes exactly what failed: same repo, branch, visibility
+    and tags (a retry that silently made a private repo public, or dropped tags, would be a different
+    publication). Quoted for a POSIX shell."""
+    args = ["merge-proxy", "publish", str(output_dir), "--repo", str(spec.repo_id), "--domain", spec.domain,
+            "--base-model", base_model_id]
+    if config:
+        args += ["--config", str(config)]
+    if spec.revision:
+        args += ["--revision", spec.revision]
+    if not spec.private:
+        args.append("--public")
+    for tag in spec.tags:
+        args += ["--tag", tag]
+    return shlex.join(args)
 
 
 def _stale_files(api: Any, repo_id: str, revision: str | None, keep: set[str]) -> tuple[str, list[Any]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import EXPERT_METADATA_FILE
-from merge_proxy.hub import HubOptions
+from merge_proxy.hub import HubOptions, looks_like_repo_id
 from merge_proxy.provenance import PublishSpec, build_expert_json, resolve_base_model_id, summary_from_output_dir
 from merge_proxy.publish import Publication, publish_expert
 
@@ -52,6 +52,7 @@ def publish_directory(
     if not domain:
         raise ConfigError(f"{output_dir} has no {EXPERT_METADATA_FILE}; pass --domain D (the data domain)")
     base_model = base_model or ((existing or {}).get("base_model") or {}).get("id")
+    _check_flags(repo_id, base_model)
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
              "tags": list(tags), "base_model": base_model}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
@@ -63,6 +64,16 @@ def publish_directory(
     else:
         args = _args_from_dir(output_dir, config)
         args["output_dir"] = str(output_dir)
-        base_id = resolve_base_model_id(spec, args)
+        base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
         expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
-    return publish_expert(output_dir, spec, expert, base_id, hub)
+    return publish_expert(output_dir, spec, expert, base_id, hub, config=config)
+
+
+def _check_flags(repo_id: str | None, base_model: str | None) -> None:
+    """Errors in the flags' own words: PublishSpec's would name the YAML keys of an expert: block."""
+    if not repo_id:
+        raise ConfigError("no Hub repo to publish to; pass --repo ORG/NAME")
+    if not (looks_like_repo_id(repo_id) and repo_id.count("/") == 1):
+        raise ConfigError(f"--repo {repo_id!r} is not a Hub repo id; pass --repo ORG/NAME")
+    if base_model and not looks_like_repo_id(base_model):
+        raise ConfigError(f"--base-model {base_model!r} is not a Hub id; pass --base-model ORG/NAME")

@@ -13,12 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`merge-proxy train` wrote one) and asks by flag for what cannot be derived.",
     )
     p.add_argument("dir", help="LLaMA-Factory output_dir")
-    p.add_argument("--repo", help="Hub repo id ORG/NAME (default: expert.json's, if any)")
+    p.add_argument("--repo", help="Hub repo id ORG/NAME to publish to (required; created if missing)")
     p.add_argument("--domain", help="data domain (default: expert.json's)")
     p.add_argument("--base-model", help="Hub id of the base model (needed when model_name_or_path was local)")
     p.add_argument("--config", help="the LLaMA-Factory YAML used for training (datasets, template, lr, ...)")
-    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
-    p.add_argument("--revision", help="branch to publish to (default: main)")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private; an existing "
+                   "repo keeps its visibility)")
+    p.add_argument("--revision", help="branch to publish to, created from main if missing (default: main)")
     p.add_argument("--tag", action="append", default=[], help="extra card tag (repeatable)")
     p.set_defaults(handler=run)
 
