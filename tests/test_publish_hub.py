@@ -7,7 +7,9 @@ files); each test copies the one it publishes when publishing may write expert.j
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,31 @@ def test_publish_errors_name_the_flags(tmp_path, hub_env, lora_experts):
     assert bad_repo.returncode == 2 and "--repo 'not a repo' is not a Hub repo id" in bad_repo.stderr
     no_base = cli("publish", str(lora_experts["a"]), "--repo", "tester/a", "--domain", "color", env=hub_env)
     assert no_base.returncode == 2 and "pass --base-model ORG/NAME" in no_base.stderr
+
+
+def test_base_model_flag_lands_in_expert_json_and_the_merge_accepts_the_hub_base(tmp_path, hub_api, hub, tiny_vlm):
+    """An expert trained from a local base with push: false names no Hub base; --base-model supplies it."""
+    from merge_proxy.engine import build_plan
+    from merge_proxy.experts import ExpertSpec, resolve
+    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+    from merge_proxy.testing.experts import make_lora_expert
+
+    local_base = tmp_path / "checkpoints" / "base"  # a local copy whose name says nothing of the Hub id
+    shutil.copytree(tiny_vlm.path, local_base)
+    out = make_lora_expert(local_base, tmp_path / "color-expert", seed=4)
+    args = {"model_name_or_path": str(local_base), "output_dir": str(out), "finetuning_type": "lora"}
+    document = build_expert_json(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), None)
+    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
+    assert document["base_model"]["id"] is None
+
+    hub_api.create_repo(BASE_ID)
+    hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path)
+    publish_directory(out, repo_id="tester/color2", base_model=BASE_ID, hub=hub)
+
+    published = json.loads(Path(hub_api.hf_hub_download("tester/color2", "expert.json",
+                                                        cache_dir=tmp_path / "c")).read_text())
+    assert published["base_model"]["id"] == BASE_ID
+    assert json.loads((out / "expert.json").read_text()) == published  # the local copy says the same
+    base = resolve(ExpertSpec.parse(BASE_ID), for_base=True, hub=hub)
+    [expert] = resolve_experts(["color=tester/color2"], hub=hub)
+    build_plan(base, [expert])  # the base check accepts the Hub base the expert was published for

@@ -98,6 +98,9 @@ class ExpertPublisher(TrainerCallback):
             return None
         assert self.base_model_id is not None
         self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
+        if self.publication.expert != expert:  # keep the local copy identical to the published one
+            atomic_write_text(self.output_dir / EXPERT_METADATA_FILE,
+                              json.dumps(self.publication.expert, indent=2) + "\n")
         return self.publication
 
     def abandon(self, reason: str = "training failed") -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class Publication:
     commit_sha: str
     url: str
     files: tuple[str, ...]
+    expert: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The expert.json document as published (base id filled in), for the caller to keep locally."""
 
 
 def artifact_files(output_dir: Path) -> list[Path]:
@@ -137,6 +139,7 @@ def publish_expert(
     if not spec.repo_id:
         raise PublishError("no Hub repo to publish to; set expert: repo_id: ORG/NAME, or pass --repo ORG/NAME")
     files = artifact_files(output_dir)
+    expert = with_base_model_id(expert, base_model_id)
     card = render_card(spec, expert, base_model_id, spec.repo_id)
     expert_json = json.dumps(expert, indent=2, sort_keys=False) + "\n"
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
@@ -159,7 +162,17 @@ def publish_expert(
     except Exception as err:  # noqa: BLE001 - any client failure gets the same actionable message
         raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
-    return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations))
+    return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations), expert)
+
+
+def with_base_model_id(expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:
+    """expert.json naming the Hub base the card names: the merge engine checks experts against the base
+    by expert.json's ``base_model.id`` (and local path), so a base given only later (``publish
+    --base-model``) must land there too, or merging the Hub expert onto the Hub base is refused."""
+    base = dict(expert.get("base_model") or {})
+    if base.get("id") == base_model_id:
+        return expert
+    return {**expert, "base_model": {**base, "id": base_model_id}}
 
 
 def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, config: str | Path | None = None) -> str:

@@ -8,6 +8,7 @@ settings that LLaMA-Factory does not save in plain text, and flags supply the re
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from merge_proxy.experts import EXPERT_METADATA_FILE
 from merge_proxy.hub import HubOptions, looks_like_repo_id
 from merge_proxy.provenance import PublishSpec, build_expert_json, resolve_base_model_id, summary_from_output_dir
 from merge_proxy.publish import Publication, publish_expert
+
+logger = logging.getLogger(__name__)
 
 
 def _args_from_dir(output_dir: Path, config: str | None) -> dict:
@@ -66,7 +69,19 @@ def publish_directory(
         args["output_dir"] = str(output_dir)
         base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
         expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
-    return publish_expert(output_dir, spec, expert, base_id, hub, config=config)
+    publication = publish_expert(output_dir, spec, expert, base_id, hub, config=config)
+    if existing is not None and publication.expert != existing:
+        _keep_local_copy(existing_path, publication.expert)
+    return publication
+
+
+def _keep_local_copy(path: Path, expert: dict) -> None:
+    """After a successful push, the local expert.json says what the Hub's says (e.g. the base id given
+    by --base-model), so later merges from the directory pass the same base check."""
+    from merge_proxy.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(expert, indent=2) + "\n")
+    logger.info("updated %s to match the published expert.json", path)
 
 
 def _check_flags(repo_id: str | None, base_model: str | None) -> None:
