@@ -96,3 +96,29 @@ def test_base_model_flag_lands_in_expert_json_and_the_merge_accepts_the_hub_base
     base = resolve(ExpertSpec.parse(BASE_ID), for_base=True, hub=hub)
     [expert] = resolve_experts(["color=tester/color2"], hub=hub)
     build_plan(base, [expert])  # the base check accepts the Hub base the expert was published for
+
+
+def test_a_hub_base_is_pinned_to_the_commit_of_its_branch(tmp_path, hub_api, hub, tiny_vlm, lora_experts):
+    """model_revision is a branch (or nothing) when training: expert.json must name the commit."""
+    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+
+    hub_api.create_repo(BASE_ID)
+    trained_on = hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path).oid
+    hub_api.create_branch(BASE_ID, branch="v1")
+    hub_api.upload_file(path_or_fileobj=b"moved on\n", path_in_repo="NOTES.md", repo_id=BASE_ID)  # main moves
+    assert hub_api.model_info(BASE_ID).sha != trained_on
+
+    out = tmp_path / "expert"
+    shutil.copytree(lora_experts["a"], out)
+    args = {"model_name_or_path": BASE_ID, "model_revision": "v1", "output_dir": str(out)}
+    document = build_expert_json(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), BASE_ID)
+    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
+    assert document["base_model"]["revision"] == "v1"
+
+    publish_directory(out, repo_id="tester/pinned", hub=hub)
+    published = json.loads(Path(hub_api.hf_hub_download("tester/pinned", "expert.json",
+                                                        cache_dir=tmp_path / "c")).read_text())
+    assert published["base_model"]["revision"] == trained_on
+    assert json.loads((out / "expert.json").read_text())["base_model"]["revision"] == trained_on
+    card = Path(hub_api.hf_hub_download("tester/pinned", "README.md", cache_dir=tmp_path / "c")).read_text()
+    assert trained_on in card

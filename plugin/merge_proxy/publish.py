@@ -20,7 +20,7 @@ from typing import Any
 
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import EXPERT_METADATA_FILE
-from merge_proxy.hub import HubOptions
+from merge_proxy.hub import HubOptions, looks_like_repo_id
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec
 
 logger = logging.getLogger(__name__)
@@ -139,15 +139,15 @@ def publish_expert(
     if not spec.repo_id:
         raise PublishError("no Hub repo to publish to; set expert: repo_id: ORG/NAME, or pass --repo ORG/NAME")
     files = artifact_files(output_dir)
-    expert = with_base_model_id(expert, base_model_id)
+    api = hub.api()
+    retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
+    expert = _pinned(api, with_base_model_id(expert, base_model_id), retry)
     card = render_card(spec, expert, base_model_id, spec.repo_id)
     expert_json = json.dumps(expert, indent=2, sort_keys=False) + "\n"
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
                   if p.name != EXPERT_METADATA_FILE]
     operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
-    api = hub.api()
-    retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     try:
         api.create_repo(spec.repo_id, private=spec.private, exist_ok=True)
         if spec.revision:
@@ -163,6 +163,40 @@ def publish_expert(
         raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations), expert)
+
+
+def _pinned(api: Any, expert: dict[str, Any], retry: str) -> dict[str, Any]:
+    try:
+        return pin_base_revision(api, expert)
+    except Exception as err:  # noqa: BLE001 - same actionable message as a failed push
+        base = expert["base_model"]
+        raise PublishError(f"cannot resolve the base model {base['path']}@{base.get('revision') or 'main'} to a "
+                           f"commit ({_describe(err)}); check its id and your access to it; {retry}") from err
+
+
+def pin_base_revision(api: Any, expert: dict[str, Any]) -> dict[str, Any]:
+    """expert.json's base revision as a commit sha, resolved once, when the base was loaded from the Hub.
+
+    Training records ``model_revision`` as written: nothing or a branch, which moves. A merge months later
+    needs the commit the expert was trained on. A base loaded from a local directory has no Hub
+    revision to ask for (its Hub id only names it), so nothing is looked up and publishing such an
+    expert needs no access to the base repo.
+    """
+    base = expert.get("base_model") or {}
+    path, revision = str(base.get("path") or ""), base.get("revision")
+    if not _loaded_from_hub(path) or base.get("id") != path or is_commit_sha(revision):
+        return expert
+    sha = api.model_info(path, revision=revision).sha
+    logger.info("base model %s@%s is commit %s", path, revision or "main", sha)
+    return {**expert, "base_model": {**base, "revision": sha}}
+
+
+def _loaded_from_hub(path: str) -> bool:
+    return looks_like_repo_id(path) and path.count("/") == 1 and not Path(path).exists()
+
+
+def is_commit_sha(revision: Any) -> bool:
+    return isinstance(revision, str) and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def with_base_model_id(expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:
