@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,25 @@ def test_a_run_that_fails_after_the_last_step_publishes_nothing(tmp_path, tiny_v
         assert "IsADirectoryError" in proc.stderr and (out / "adapter_model.safetensors").is_file()
         assert not api.repo_exists(repo), run
         assert "nothing published" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_sample_counts_are_what_was_trained(tmp_path, tiny_vlm, domains):
+    """dataset_info.json's num_samples and val_size change what LLaMA-Factory trains on; expert.json says so."""
+    data = tmp_path / "data"
+    shutil.copytree(domains.llamafactory_dir, data)
+    info = json.loads((data / "dataset_info.json").read_text())
+    info["color_12"] = {**info[domains.train_datasets["color"]], "num_samples": 12}  # 12 of the file's rows
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    out = tmp_path / "sampled"
+    config = tiny_sft_config(tiny_vlm.path, data, "color_12", out, max_steps=2, val_size=0.25)
+    config["expert"] = {"domain": "color", "push": False}
+    path = tmp_path / "sampled.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = cli("train", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    document = json.loads((out / "expert.json").read_text())
+    [use] = document["datasets"]
+    assert (use["rows"], use["file_rows"]) == (12, domains.train_size)
+    assert document["samples"] == document["training"]["train_samples"] == 12 - 3  # datasets' train_test_split holds out ceil(0.25 * 12)
+    assert document["mixing"]["val_size"] == 0.25

@@ -52,11 +52,13 @@ class ExpertPublisher(TrainerCallback):
         self._started: float | None = None
         self._finished = False
         self._last_loss: float | None = None
+        self._train_samples: int | None = None
 
     # ------------------------------------------------------------------ trainer events
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self._started = time.monotonic()
+        self._train_samples = _dataset_length(train_dataloader)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -73,6 +75,7 @@ class ExpertPublisher(TrainerCallback):
             final_loss=self._last_loss,
             train_runtime_s=round(time.monotonic() - self._started, 3) if self._started else None,
             global_batch_size=int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world,
+            train_samples=self._train_samples,
         )
         atexit.register(self._finish_at_exit)
 
@@ -122,3 +125,13 @@ class ExpertPublisher(TrainerCallback):
             self.finish()
         except Exception as err:  # noqa: BLE001 - at exit, report instead of a traceback
             logger.error("%s", err)
+
+
+def _dataset_length(train_dataloader: Any) -> int | None:
+    """Examples in the training split: what was really trained on, after LLaMA-Factory's sampling, mixing
+    and validation split, none of which it records (the full dataset on every rank: samplers shard it)."""
+    dataset = getattr(train_dataloader, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:  # an iterable (streamed) dataset has no length
+        return None

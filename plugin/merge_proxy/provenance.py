@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,13 +73,17 @@ class PublishSpec:
 
 @dataclass
 class DatasetUse:
-    """One LLaMA-Factory dataset as it entered training."""
+    """One LLaMA-Factory dataset as it entered mixing (before the validation split)."""
 
     name: str
     rows: int | None
-    """Rows used after max_samples (None when the size cannot be read locally, e.g. streamed)."""
+    """Rows LLaMA-Factory loads from it: dataset_info.json's num_samples (a sample of the file, with
+    repetition when larger) else the file's rows, then capped by max_samples. None when the size cannot
+    be read locally (a Hub dataset, streaming)."""
     hub_id: str | None = None
     file: str | None = None
+    file_rows: int | None = None
+    """Rows in the local file, whatever was drawn from it."""
 
 
 def _count_rows(path: Path) -> int | None:
@@ -101,19 +106,39 @@ def dataset_uses(args: dict[str, Any]) -> list[DatasetUse]:
     dataset_dir = Path(str(args.get("dataset_dir", "data")))
     info_path = dataset_dir / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    max_samples = args.get("max_samples")
     uses = []
     for name in names:
         entry = info.get(name, {})
-        hub_id = entry.get("hf_hub_url")
-        rows = None
         file_name = entry.get("file_name")
-        if file_name:
-            rows = _count_rows(dataset_dir / file_name)
-        if rows is not None and max_samples is not None:
-            rows = min(rows, int(max_samples))
-        uses.append(DatasetUse(name=name, rows=rows, hub_id=hub_id, file=file_name))
+        file_rows = _count_rows(dataset_dir / file_name) if file_name else None
+        rows = _rows_loaded(file_rows, entry.get("num_samples"), args)
+        uses.append(DatasetUse(name=name, rows=rows, hub_id=entry.get("hf_hub_url"), file=file_name,
+                               file_rows=file_rows))
     return uses
+
+
+def _rows_loaded(file_rows: int | None, num_samples: Any, args: dict[str, Any]) -> int | None:
+    """As llamafactory.data.loader._load_single_dataset: num_samples draws exactly that many rows (not
+    when streaming), then max_samples truncates."""
+    if args.get("streaming"):
+        return None
+    rows = int(num_samples) if num_samples is not None and file_rows is not None else file_rows
+    if rows is not None and args.get("max_samples") is not None:
+        rows = min(rows, int(args["max_samples"]))
+    return rows
+
+
+def estimated_train_samples(uses: list[DatasetUse], args: dict[str, Any]) -> int | None:
+    """Training examples when no trainer reported them (publishing after the fact): the concatenated rows
+    less LLaMA-Factory's validation split; unknown for interleaving, which stops or repeats by chance."""
+    if not uses or any(u.rows is None for u in uses) or args.get("mix_strategy", "concat") != "concat":
+        return None
+    total = sum(u.rows for u in uses if u.rows is not None)
+    val_size = float(args.get("val_size") or 0)
+    if val_size <= 1e-6:
+        return total
+    held_out = int(val_size) if val_size > 1 else math.ceil(val_size * total)  # datasets' train_test_split
+    return max(total - held_out, 0)
 
 
 @dataclass
@@ -125,6 +150,9 @@ class TrainingSummary:
     final_loss: float | None = None
     train_runtime_s: float | None = None
     global_batch_size: int | None = None
+    train_samples: int | None = None
+    """Examples in the training split as the trainer got it (after num_samples, max_samples, mixing and
+    val_size); only a callback running inside training knows it."""
 
     @property
     def samples_seen(self) -> int | None:
@@ -191,9 +219,9 @@ def build_expert_json(
         "base_model": {"id": base_model_id, "path": str(args.get("model_name_or_path")),
                        "revision": args.get("model_revision") or None},
         "datasets": [asdict(u) for u in uses],
-        "samples": sum(u.rows for u in uses) if uses and all(u.rows is not None for u in uses) else None,
+        "samples": summary.train_samples if summary.train_samples is not None else estimated_train_samples(uses, args),
         "mixing": {"mix_strategy": args.get("mix_strategy", "concat"), "interleave_probs": args.get("interleave_probs"),
-                   "max_samples": args.get("max_samples")},
+                   "max_samples": args.get("max_samples"), "val_size": args.get("val_size")},
         "finetuning_type": args.get("finetuning_type", "lora"),
         "lora": lora_settings(output_dir),
         "template": args.get("template"),

@@ -98,6 +98,7 @@ def render_card(spec: PublishSpec, expert: dict[str, Any], base_model_id: str, r
         "finetuning_type": expert.get("finetuning_type"), "lora": _lora_summary(expert.get("lora")),
         "datasets": [{"name": d["hub_id"] or d["name"], "samples": d["rows"] if d["rows"] is not None else "?"}
                      for d in expert["datasets"]],
+        "samples": expert.get("samples"), "val_size": (expert.get("mixing") or {}).get("val_size"),
         "training": {
             "steps": training.get("global_steps"), "global_batch_size": training.get("global_batch_size"),
             "learning_rate": expert.get("learning_rate"), "lr_scheduler": expert.get("lr_scheduler_type"),
