@@ -59,7 +59,8 @@ def publish_directory(
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
              "tags": list(tags), "base_model": base_model}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
-    if existing is not None and existing.get("domain") == domain:
+    reused = existing is not None and existing.get("domain") == domain
+    if reused:
         expert = existing
         base_id = base_model
         if not base_id:
@@ -70,7 +71,7 @@ def publish_directory(
         base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
         expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
     publication = publish_expert(output_dir, spec, expert, base_id, hub, config=config)
-    if existing is not None and publication.expert != existing:
+    if reused and publication.expert != existing:  # a document built for another --domain stays remote
         _keep_local_copy(existing_path, publication.expert)
     return publication
 
