@@ -261,3 +261,34 @@ def test_sample_counts_are_what_was_trained(tmp_path, tiny_vlm, domains):
     assert (use["rows"], use["file_rows"]) == (12, domains.train_size)
     assert document["samples"] == document["training"]["train_samples"] == 12 - 3  # datasets' train_test_split holds out ceil(0.25 * 12)
     assert document["mixing"]["val_size"] == 0.25
+
+
+def test_torchrun_is_launched_as_llamafactory_launches_it(tmp_path, monkeypatch):
+    """The re-launch mirrors llamafactory/launcher.py: USE_MCA forces torchrun, RDZV_ID makes an elastic
+    launch, OPTIM_TORCH (default on) sets the allocator and NCCL variables."""
+    from merge_proxy.train import _torchrun_command, _torchrun_env, _use_torchrun
+
+    for var in ("FORCE_TORCHRUN", "USE_MCA", "RDZV_ID", "MIN_NNODES", "MAX_NNODES", "OPTIM_TORCH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    assert not _use_torchrun()  # this machine has no accelerator
+    monkeypatch.setenv("USE_MCA", "1")
+    assert _use_torchrun()
+    job = tmp_path / "job.json"
+    plain = _torchrun_command(job)
+    assert plain[plain.index("--nproc_per_node") + 1] == "2" and "--rdzv-id" not in plain
+    assert plain[-3:] == ["-m", "merge_proxy.train", str(job)]
+    monkeypatch.setenv("RDZV_ID", "run7")
+    monkeypatch.setenv("MIN_NNODES", "2")
+    monkeypatch.setenv("MAX_NNODES", "4")
+    monkeypatch.setenv("MAX_RESTARTS", "3")
+    elastic = _torchrun_command(job)
+    flags = dict(zip(elastic[3:-3:2], elastic[4:-3:2]))
+    assert flags == {"--nnodes": "2:4", "--nproc-per-node": "2", "--rdzv-id": "run7", "--rdzv-backend": "c10d",
+                     "--rdzv-endpoint": "127.0.0.1:29555", "--max-restarts": "3"}
+    env = _torchrun_env()
+    assert (env["PYTORCH_CUDA_ALLOC_CONF"], env["TORCH_NCCL_AVOID_RECORD_STREAMS"]) == ("expandable_segments:True", "1")
+    monkeypatch.setenv("OPTIM_TORCH", "0")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in _torchrun_env()

@@ -65,24 +65,47 @@ def _device_count() -> int:
 
 
 def _use_torchrun() -> bool:
-    from llamafactory.extras.misc import is_env_enabled, use_ray
+    """LLaMA-Factory's launcher's condition: USE_MCA forces torchrun; Ray and KTransformers runs stay
+    in this process."""
+    from llamafactory.extras.misc import is_env_enabled, use_kt, use_ray
 
-    return is_env_enabled("FORCE_TORCHRUN") or (_device_count() > 1 and not use_ray())
+    if is_env_enabled("USE_MCA"):
+        os.environ["FORCE_TORCHRUN"] = "1"
+    return is_env_enabled("FORCE_TORCHRUN") or (_device_count() > 1 and not use_ray() and not use_kt())
+
+
+def _torchrun_env() -> dict[str, str]:
+    """The launcher's environment: OPTIM_TORCH (on by default) sets the allocator and NCCL options
+    that keep DDP from running out of memory where ``llamafactory-cli train`` would not."""
+    from llamafactory.extras.misc import is_env_enabled
+
+    env = dict(os.environ)
+    if is_env_enabled("OPTIM_TORCH", "1"):
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+        env["TORCH_NCCL_AVOID_RECORD_STREAMS"] = "1"
+    return env
 
 
 def _torchrun_command(job_file: Path) -> list[str]:
-    """Same variables and defaults as LLaMA-Factory's launcher (NNODES, NPROC_PER_NODE, MASTER_*)."""
+    """Same variables and defaults as LLaMA-Factory's launcher (NNODES, NODE_RANK, NPROC_PER_NODE,
+    MASTER_*), including its elastic launch when RDZV_ID is set (MIN_NNODES:MAX_NNODES, MAX_RESTARTS)."""
     from llamafactory.extras.misc import find_available_port
 
-    return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", os.getenv("NNODES", "1"),
-        "--node_rank", os.getenv("NODE_RANK", "0"),
-        "--nproc_per_node", os.getenv("NPROC_PER_NODE", str(max(_device_count(), 1))),
-        "--master_addr", os.getenv("MASTER_ADDR", "127.0.0.1"),
-        "--master_port", os.getenv("MASTER_PORT", str(find_available_port())),
-        "-m", "merge_proxy.train", str(job_file),
-    ]
+    nnodes = os.getenv("NNODES", "1")
+    nproc = os.getenv("NPROC_PER_NODE", str(max(_device_count(), 1)))
+    master_addr = os.getenv("MASTER_ADDR", "127.0.0.1")
+    master_port = os.getenv("MASTER_PORT", str(find_available_port()))
+    rdzv_id = os.getenv("RDZV_ID")
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if rdzv_id is not None:
+        min_nnodes, max_nnodes = os.getenv("MIN_NNODES"), os.getenv("MAX_NNODES")
+        elastic = f"{min_nnodes}:{max_nnodes}" if min_nnodes is not None and max_nnodes is not None else nnodes
+        command += ["--nnodes", elastic, "--nproc-per-node", nproc, "--rdzv-id", rdzv_id, "--rdzv-backend", "c10d",
+                    "--rdzv-endpoint", f"{master_addr}:{master_port}", "--max-restarts", os.getenv("MAX_RESTARTS", "0")]
+    else:
+        command += ["--nnodes", nnodes, "--node_rank", os.getenv("NODE_RANK", "0"), "--nproc_per_node", nproc,
+                    "--master_addr", master_addr, "--master_port", master_port]
+    return [*command, "-m", "merge_proxy.train", str(job_file)]
 
 
 def run_worker(args: dict[str, Any], spec: PublishSpec) -> None:
@@ -124,7 +147,7 @@ def train(config: str | Path, overrides: Sequence[str] = ()) -> int:
     with tempfile.TemporaryDirectory(prefix="merge-proxy-train-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({"args": args, "expert": spec.__dict__ | {"tags": list(spec.tags)}}))
-        return subprocess.run(_torchrun_command(job), check=False).returncode
+        return subprocess.run(_torchrun_command(job), env=_torchrun_env(), check=False).returncode
 
 
 def _worker_main(job_file: str) -> int:
