@@ -109,3 +109,19 @@ def test_a_base_with_a_plain_template_answers_as_the_export_in_the_instruct_form
     assert json.loads((merged / "merge_proxy.json").read_text())["chat_template"]["pinned"] == str(tiny_vlm.path)
     assert instructed == answers("qwen2_vl", f"pretrained={merged}", "stock")
     assert instructed != answers("merge_proxy", f"pretrained={plain},{experts}", "plain")
+
+
+def test_backends_without_a_chat_template_refuse_it():
+    from types import SimpleNamespace
+
+    from merge_proxy.chat_template import ChatTemplate, apply_chat_template
+
+    template = ChatTemplate("T", "x", "x")
+    # internvl3_5 prompts through the remote code's model.chat, although its tokenizer has a template
+    with pytest.raises(ConfigError, match="backend 'internvl3_5' builds prompts with the model's own"):
+        apply_chat_template(SimpleNamespace(tokenizer=SimpleNamespace(chat_template="own")), template, "internvl3_5")
+    with pytest.raises(ConfigError, match="backend 'custom' renders prompts without a transformers chat template"):
+        apply_chat_template(SimpleNamespace(model=None), template, "custom")
+    backend = SimpleNamespace(processor=SimpleNamespace(chat_template="own"), chat_template=None)
+    apply_chat_template(backend, template, "llava_hf")
+    assert backend.processor.chat_template == backend.chat_template == "T"

@@ -142,13 +142,14 @@ def test_identity_tells_apart_backend_arguments_and_retrained_local_experts(tmp_
     expert = tmp_path / "expert-a"
     shutil.copytree(lora_experts["a"], expert)
 
-    def identity(**backend_args) -> str:
-        model = MergeProxy(pretrained=str(tiny_vlm.path), experts=f"a={expert}", weights="1", device_map="cpu",
+    def identity(weights="1", **backend_args) -> str:
+        model = MergeProxy(pretrained=str(tiny_vlm.path), experts=f"a={expert}", weights=weights, device_map="cpu",
                            device="cpu", **backend_args)
         return repr(model)
 
     plain = identity()
     assert identity() == plain  # the same model: the cache answers a re-run
+    assert identity(weights={"a": 1.0}) == plain  # from Python, weights may be a mapping
     assert identity(max_pixels=3136) != plain
     assert identity(system_prompt="Answer in French.") != plain
     weights = expert / "adapter_model.safetensors"

@@ -21,6 +21,8 @@ from merge_proxy.hub import HubOptions, fetch_snapshot, looks_like_repo_id, repo
 
 logger = logging.getLogger(__name__)
 
+#: lmms-eval backends that prompt through remote code (``model.chat``) and ignore the tokenizer's template.
+OWN_PROMPT_BACKENDS = frozenset({"internvl3_5"})
 #: Where transformers 5 looks for a chat template, in its order of precedence.
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json", "tokenizer_config.json")
 
@@ -97,6 +99,11 @@ def apply_chat_template(backend: Any, template: ChatTemplate, backend_name: str)
     Wrappers call ``processor.apply_chat_template`` (qwen2_vl, qwen2_5_vl, internvl_hf) or the
     tokenizer's (llava_hf, which also takes a ``chat_template`` argument of its own).
     """
+    if backend_name in OWN_PROMPT_BACKENDS:
+        raise ConfigError(
+            f"backend {backend_name!r} builds prompts with the model's own conversation code, not a chat "
+            "template; chat_template_from does not apply to it: drop it"
+        )
     targets = [obj for obj in (getattr(backend, "processor", None), getattr(backend, "_tokenizer", None),
                                getattr(backend, "tokenizer", None))
                if obj is not None and hasattr(obj, "chat_template")]

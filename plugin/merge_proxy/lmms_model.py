@@ -56,10 +56,11 @@ def _split_list(text: str) -> list[str]:
 def parse_model_args(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split lmms-eval's keyword arguments into ours and the backend's; check ours.
 
-    lmms-eval turns ``weights=1`` into the int 1 and ``experts=0`` into 0 before we see them: our
-    values are taken back as the text the user wrote.
+    lmms-eval turns ``weights=1`` into the int 1 and ``scale=0`` into 0 before we see them: such
+    scalars are taken back as the text the user wrote; a mapping or Mixture from Python stays as is.
     """
-    ours = {k: str(v) for k, v in kwargs.items() if k in OWN_ARGS and v is not None}
+    ours = {k: str(v) if isinstance(v, (bool, int, float)) else v
+            for k, v in kwargs.items() if k in OWN_ARGS and v is not None}
     backend = {k: v for k, v in kwargs.items() if k not in OWN_ARGS}
     usage = (
         "merge_proxy model_args: pretrained=BASE,experts=NAME=SRC;NAME=SRC,weights=NAME=W;NAME=W"
@@ -68,7 +69,7 @@ def parse_model_args(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
         f"; our keys: {', '.join(OWN_ARGS)}; any other key goes to the backend wrapper"
     )
     for key in ("pretrained", "experts", "weights"):
-        if not ours.get(key, "").strip():
+        if not ours.get(key) or (isinstance(ours[key], str) and not ours[key].strip()):
             raise ConfigError(f"missing {key}=; {usage}")
     return ours, backend
 
