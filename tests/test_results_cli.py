@@ -111,8 +111,22 @@ def test_push_with_report_builds_the_card_from_that_report(tmp_path):
         with pytest.raises(ConfigError, match=r"--weights t1=1 differ from the weights of the report"):
             _push(tmp_path, hub, proxy, report_dir=tmp_path / "rep", weights="t1=1")
         other = sweep_dir(tmp_path / "other", "truth")
-        with pytest.raises(ConfigError, match="is not the truth journal of the report"):
+        with pytest.raises(ConfigError, match="does not hold the truth scores of the report"):
             _push(tmp_path, hub, proxy, report_dir=tmp_path / "rep", truth=other)
+
+        # Inputs are matched by content: the same sweep moved elsewhere (another machine) still pushes ...
+        import dataclasses
+        import shutil
+
+        moved = tmp_path / "moved"
+        for source in (tmp_path / "rep", proxy, truth):
+            shutil.copytree(source, moved / source.name)
+        _push(tmp_path, hub, moved / "proxy", report_dir=moved / "rep", truth=moved / "truth")
+        # ... but scores added after the report are refused: the card would not describe them
+        journal = Journal(moved / "proxy" / "journal.jsonl")
+        journal.append(dataclasses.replace(journal.records()[0], score=0.123))
+        with pytest.raises(ConfigError, match="was made from other proxy scores"):
+            _push(tmp_path, hub, moved / "proxy", report_dir=moved / "rep", truth=moved / "truth")
 
 
 def test_pushed_results_load_with_datasets(tmp_path):
@@ -132,6 +146,22 @@ def test_pushed_results_load_with_datasets(tmp_path):
         assert ds.num_rows == len(expected), config
         assert ds["mixture_id"] == [r.mixture_id for r in expected]
         assert ds["score"] == [r.score for r in expected]
+
+
+def test_a_second_push_replaces_the_first_entirely(tmp_path):
+    """Re-pushing without truth leaves no truth.jsonl (nor its plot) from the first push beside a card
+    that says there is no truth."""
+    from huggingface_hub import HfApi
+
+    proxy, truth = sweep_dir(tmp_path, "proxy"), sweep_dir(tmp_path, "truth", every=2)
+    with HubEmulator(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        _push(tmp_path, hub, proxy, truth=truth)
+        first = set(api.list_repo_files("tester/search", repo_type="dataset"))
+        _push(tmp_path, hub, proxy)
+        second = set(api.list_repo_files("tester/search", repo_type="dataset"))
+    assert "truth.jsonl" in first and "truth.jsonl" not in second
+    assert second < first and all(not f.startswith("report/proxy_vs_truth") for f in second)
 
 
 def test_report_reads_scores_still_in_shard_journals(tmp_path, caplog):

@@ -189,6 +189,7 @@ GOOD = {
         ({"benchmarks": [{"task": "x", "weight": float("nan")}]}, r":\d+: benchmarks.0.weight: must be a finite number"),
         ({"benchmarks": [{"task": "x", "weight": -1}]}, r":\d+: benchmarks.0.weight: must be at least 0"),
         ({"benchmarks": [{"task": "x", "limit": "lots"}]}, r":\d+: benchmarks.0.limit: must be a number of samples"),
+        ({"benchmarks": [{"task": "x", "limit": 1.0}]}, r":\d+: benchmarks.0.limit: .*lmms-eval reads 1.0 as one sample"),
         ({"benchmarks": [{"task": "x", "metric": ["a", 1]}]}, r":\d+: benchmarks.0.metric: must be a metric name"),
         ({"benchmarks": [{"task": "x", "max_score": 0}]}, r":\d+: benchmarks.0.max_score: must be above 0"),
         ({"scale": "big"}, r":\d+: scale: must be a finite number, not 'big'"),
@@ -280,7 +281,8 @@ def comparable(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path, tiny_vlm, domains, lora_experts):
-    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
+    # chat_template_from: the base's own template (same answers), so the shards' pinned copy is exercised
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, chat_template_from=str(tiny_vlm.path))
     full = sweep(recipe, tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
     reference = comparable(tmp_path / "full" / "journal.jsonl")
@@ -422,3 +424,23 @@ def test_truth_mixtures_are_keyed_in_the_experts_order(tmp_path, tiny_vlm, domai
                        truth=[{"weights": {"a": 0.25, "c": 0.75}, "model": str(lora_experts["a"])}])
     with pytest.raises(ConfigError, match=r"truth\[0\].*unknown expert\(s\) 'c'"):
         candidate_items(load_recipe(bad), ["a", "b"])
+
+
+def test_a_shards_retry_of_a_non_finite_score_reaches_the_journal_and_the_report(tmp_path):
+    """A NaN in journal.jsonl must not shadow the finite score a shard journaled later (the sweep counts
+    that key as done), and a shard's NaN must not shadow a finite score."""
+    from merge_proxy.analysis import Scores
+    from merge_proxy.results import locate, read_results
+    from merge_proxy.sweep import gather
+
+    Journal(tmp_path / "journal.jsonl").append_many([
+        journal_record("proxy", "a=0.5,b=0.5", "t", float("nan")), journal_record("proxy", "a=1,b=0", "t", 0.2)])
+    Journal(tmp_path / "shards" / "shard-x-0000.jsonl").append_many([
+        journal_record("proxy", "a=0.5,b=0.5", "t", 0.7), journal_record("proxy", "a=1,b=0", "t", float("nan"))])
+    expected = {"a=0.5,b=0.5": {"t": 0.7}, "a=1,b=0": {"t": 0.2}}
+    assert Scores.from_records(read_results(locate(tmp_path))).scores == expected
+    gather(tmp_path)
+    assert Scores.from_records(Journal(tmp_path / "journal.jsonl").records()).scores == expected
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    gather(tmp_path)
+    assert (tmp_path / "journal.jsonl").read_text().splitlines() == lines  # gathering twice adds nothing

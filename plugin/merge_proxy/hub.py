@@ -113,3 +113,24 @@ def fetch_snapshot(
         raise explain_error(err, repo_id, sha, options) from err
     logger.debug("fetched %s@%s to %s", repo_id, sha, path)
     return Path(path)
+
+
+def stale_file_deletes(api, repo_id: str, revision: str | None, keep: set[str],
+                       repo_type: str = "model") -> tuple[str, list]:
+    """The head commit of ``revision`` and a delete for each file there that is not in ``keep``.
+
+    ``create_commit`` only adds: a commit of ``keep`` plus these deletes leaves the repo holding
+    exactly ``keep`` (re-publishing a single-file model over a sharded one would otherwise keep the
+    old index, which loaders follow; a re-pushed result would keep the last run's plots). Pass the
+    head as ``parent_commit``, so a commit made in between fails instead of mixing files.
+    ``.gitattributes`` is the Hub's own file and stays.
+    """
+    from huggingface_hub import CommitOperationDelete
+
+    head = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+    present = api.list_repo_files(repo_id, revision=head, repo_type=repo_type)
+    stale = sorted(set(present) - keep - {".gitattributes"})
+    if stale:
+        logger.info("%s: removing %d file(s) the new version does not have: %s", repo_id, len(stale),
+                    ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
+    return head, [CommitOperationDelete(path_in_repo=name) for name in stale]

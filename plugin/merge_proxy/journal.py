@@ -65,6 +65,35 @@ def scored(records: Iterable[JournalRecord], mode: str) -> set[tuple[str, str]]:
     return {(r.mixture_id, r.benchmark) for r in records if r.mode == mode and math.isfinite(r.score)}
 
 
+def records_digest(records: Iterable[JournalRecord]) -> str:
+    """Which records, whatever file, path or order holds them: a report and a later push of the same
+    scores agree after the sweep directory was moved or copied, or its shards gathered."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(r.to_json() for r in records)).encode("utf-8")).hexdigest()
+
+
+def new_information(held: Iterable[JournalRecord], incoming: Iterable[JournalRecord]) -> list[JournalRecord]:
+    """The incoming records worth adding to ``held``: any record of a key never seen, and a finite
+    score for a key that has none (a shard's retry of a non-finite score). Appended after ``held``,
+    they win where readers keep a key's last record; a finite score is never shadowed by a NaN."""
+    seen: set[tuple[str, str, str]] = set()
+    finite: set[tuple[str, str, str]] = set()
+    for r in held:
+        seen.add(r.key)
+        if math.isfinite(r.score):
+            finite.add(r.key)
+    out = []
+    for r in incoming:
+        good = math.isfinite(r.score)
+        if r.key not in seen or (good and r.key not in finite):
+            out.append(r)
+            seen.add(r.key)
+            if good:
+                finite.add(r.key)
+    return out
+
+
 class Journal:
     """Append-only JSONL file of :class:`JournalRecord`."""
 

@@ -221,9 +221,11 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
         if max_score is not None:
             max_score = _number(loc, ("benchmarks", i, "max_score"), max_score, minimum=0.0, strict=True)
         limit = item.get("limit")
+        # As lmms-eval reads it: a float below 1 is a fraction, anything else a count (1.0 is ONE sample).
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
-                                  or (isinstance(limit, float) and limit > 1)):
-            raise loc.error(("benchmarks", i, "limit"), "must be a number of samples (an integer) or a fraction in (0, 1]")
+                                  or (isinstance(limit, float) and limit >= 1)):
+            raise loc.error(("benchmarks", i, "limit"), "must be a number of samples (an integer) or a fraction "
+                            "below 1 (lmms-eval reads 1.0 as one sample); leave it out to score every sample")
         benchmarks.append(Benchmark(str(item["task"]), weight, metric, limit, max_score))
     tasks = [b.task for b in benchmarks]
     if len(set(tasks)) != len(tasks):

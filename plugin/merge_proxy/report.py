@@ -20,7 +20,7 @@ from typing import Any
 from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
 from merge_proxy.errors import ConfigError
-from merge_proxy.journal import JournalRecord
+from merge_proxy.journal import JournalRecord, records_digest
 
 logger = logging.getLogger(__name__)
 
@@ -302,9 +302,12 @@ def write_report(
         data = {
             **analysis.to_dict(),
             "title": title or default_title(analysis),
-            # absolute, so push-results can tell whether it is given the journals this report read
+            # the records' digests, so push-results can tell whether it is given the scores this report
+            # read (wherever the directory now is); the absolute paths find the truth journal again
             "inputs": {"proxy_journal": str(Path(proxy_journal).absolute()),
-                       "truth_journal": None if truth_journal is None else str(Path(truth_journal).absolute())},
+                       "truth_journal": None if truth_journal is None else str(Path(truth_journal).absolute()),
+                       "proxy_sha256": records_digest(proxy_records),
+                       "truth_sha256": None if truth_records is None else records_digest(truth_records)},
             "plots": names,
         }
         (stage / ANALYSIS_JSON).write_text(

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError
-from merge_proxy.hub import HubOptions
-from merge_proxy.journal import Journal, JournalRecord
+from merge_proxy.hub import HubOptions, stale_file_deletes
+from merge_proxy.journal import Journal, JournalRecord, new_information, records_digest
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,9 @@ def read_results(inputs: ResultsInput) -> list[JournalRecord]:
     would rank an unfinished-looking sweep that is in fact done.
     """
     records = Journal(inputs.journal).records()
-    seen = {r.key for r in records}
     fresh: list[JournalRecord] = []
     for shard in inputs.shards:
-        for r in Journal(shard).records():
-            if r.key not in seen:
-                seen.add(r.key)
-                fresh.append(r)
+        fresh += new_information(records + fresh, Journal(shard).records())
     if fresh:
         logger.warning("%d score(s) are only in the shard journals under %s (not gathered into %s yet); "
                        "they are included; rerun `merge-proxy sweep` on the recipe to gather them",
@@ -136,10 +132,6 @@ def make_report(results: str | Path, truth: str | Path | None, out_dir: str | Pa
     return write_report(inputs.journal, truth_journal, out, benchmark_weights(inputs, weights), title)
 
 
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def check_report_matches(data: dict[str, Any], report: Path, inputs: ResultsInput, truth: Path | None,
                          weights: str | None) -> Path | None:
     """Refuse a push whose journals or --weights differ from those the report in ``report`` was made
@@ -149,12 +141,14 @@ def check_report_matches(data: dict[str, Any], report: Path, inputs: ResultsInpu
 
     recorded = data.get("inputs") or {}
     redo = "rerun `merge-proxy report` with the inputs to push, or push without --report"
-    if recorded.get("proxy_journal") and not _same_path(recorded["proxy_journal"], inputs.journal):
-        raise ConfigError(f"the report in {report} was made from {recorded['proxy_journal']}, not {inputs.journal}; {redo}")
+    if recorded.get("proxy_sha256") and records_digest(read_results(inputs)) != recorded["proxy_sha256"]:
+        raise ConfigError(f"the report in {report} was made from other proxy scores ({recorded['proxy_journal']} "
+                          f"then) than {inputs.journal} holds now; {redo}")
     report_truth = recorded.get("truth_journal")
-    if truth is not None and (report_truth is None or not _same_path(report_truth, truth)):
-        raise ConfigError(f"--truth {truth} is not the truth journal of the report in {report} "
-                          f"({report_truth or 'none'}); {redo}")
+    if truth is not None and (report_truth is None or recorded.get("truth_sha256")
+                              != records_digest(read_results(ResultsInput(truth, None)))):
+        raise ConfigError(f"--truth {truth} does not hold the truth scores of the report in {report} "
+                          f"({report_truth or 'none'} then); {redo}")
     if weights:
         given = normalize_benchmark_weights(parse_benchmark_weights(weights), data["benchmarks"])
         have = data["benchmark_weights"]
@@ -219,8 +213,10 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
         api = hub.api()
         try:
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            info = api.create_commit(repo_id, operations=ops, repo_type="dataset",
-                                     commit_message="merge-proxy results")
+            # the repo then holds exactly this push: no plot or truth.jsonl of an earlier one stays
+            parent, stale = stale_file_deletes(api, repo_id, None, {op.path_in_repo for op in ops}, "dataset")
+            info = api.create_commit(repo_id, operations=[*ops, *stale], repo_type="dataset",
+                                     parent_commit=parent, commit_message="merge-proxy results")
         except Exception as err:  # noqa: BLE001
             raise explain_error(err, repo_id, None, hub) from err
     logger.info("pushed %d files to dataset %s", len(ops), repo_id)

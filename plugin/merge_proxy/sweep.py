@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
-from merge_proxy.journal import Journal, JournalRecord, scored
+from merge_proxy.journal import Journal, JournalRecord, new_information, scored
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
 
@@ -83,13 +83,14 @@ def all_records(out_dir: Path) -> list[JournalRecord]:
 
 
 def gather(out_dir: Path) -> Journal:
-    """Fold shard journals into the main journal (once per key), so every reader sees one file."""
+    """Fold shard journals into the main journal (once per key, a finite score over a non-finite
+    one), so every reader sees one file."""
     journal = Journal(out_dir / JOURNAL_FILE)
-    done = journal.keys()
+    held = journal.records()
     for shard in sorted((out_dir / SHARD_DIR).glob("*.jsonl")):
-        fresh = [r for r in Journal(shard).records() if r.key not in done]
+        fresh = new_information(held, Journal(shard).records())
         journal.append_many(fresh)
-        done.update(r.key for r in fresh)
+        held += fresh
     return journal
 
 
@@ -174,7 +175,7 @@ def _declared_metrics(tasks, task: str) -> list[str]:
 class Evaluator:
     """lmms-eval in this process, with one merged-proxy instance re-merged per mixture."""
 
-    def __init__(self, recipe: Recipe, sources: dict[str, str]) -> None:
+    def __init__(self, recipe: Recipe, sources: dict[str, str], chat_template: str | None = None) -> None:
         try:
             from lmms_eval.evaluator import simple_evaluate  # noqa: F401
         except ImportError:
@@ -183,6 +184,8 @@ class Evaluator:
 
         self.recipe = recipe
         self.sources = sources
+        # The submitter's pinned source (repo@sha) in a SLURM shard, else the recipe's.
+        self.chat_template = chat_template or recipe.chat_template_from
         self.tasks = TaskManager(include_path=str(recipe.include_path) if recipe.include_path else None)
         missing = [b.task for b in recipe.benchmarks if b.task not in self.tasks.all_tasks]
         if missing:
@@ -203,8 +206,8 @@ class Evaluator:
         args = dict(self.recipe.backend_args)
         if self.recipe.backend:
             args["backend"] = self.recipe.backend
-        if self.recipe.chat_template_from:
-            args["chat_template_from"] = self.recipe.chat_template_from
+        if self.chat_template:
+            args["chat_template_from"] = self.chat_template
         return args
 
     def proxy(self, mixture: Mixture):
@@ -235,7 +238,7 @@ class Evaluator:
         from lmms_eval import models
 
         backend = self.recipe.backend or MergeProxy._default_backend(resolved)
-        template = load_chat_template(self.recipe.chat_template_from) if self.recipe.chat_template_from else None
+        template = load_chat_template(self.chat_template) if self.chat_template else None
         cls = models.get_model(backend, force_simple=proxy_class(backend) is MergeProxy)
         model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
         if template is not None:
@@ -261,13 +264,14 @@ def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return base, experts
 
 
-def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str]) -> int:
+def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str],
+              chat_template: str | None = None) -> int:
     """Score the items in this process, appending each result as soon as it exists."""
     from importlib.metadata import version
 
     from tqdm.auto import tqdm
 
-    evaluator = Evaluator(recipe, sources)
+    evaluator = Evaluator(recipe, sources, chat_template)
     lmms_version = version("lmms-eval")
     total = sum(len(i.benchmarks) for i in items)
     written = 0
@@ -309,13 +313,14 @@ def _release_memory() -> None:
 
 
 def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: str,
-              sources: dict[str, str] | None = None, base: str | None = None) -> int:
+              sources: dict[str, str] | None = None, base: str | None = None, chat_template: str | None = None) -> int:
     """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file.
 
     ``shard`` names that file uniquely per submission, so a job of an earlier submission that is
     still running never appends to the same file as a new one (appends from two NFS clients
-    interleave). ``sources`` and ``base`` are the submitter's pinned ones (``repo@sha``), so shards
-    that start hours apart still merge the same commits.
+    interleave). ``sources``, ``base`` and ``chat_template`` are the submitter's pinned ones
+    (``repo@sha``), so shards that start hours apart still merge the same commits and prompt alike
+    (the journal's settings keep the recipe's own ``chat_template_from``).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_recipe(recipe_path, output_dir=out_dir)
@@ -327,7 +332,7 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
     done = scored(all_records(out), recipe.mode)
     wanted = set(mixture_keys)
     items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
-    return run_items(recipe, pending(items, done), shard_journal, sources)
+    return run_items(recipe, pending(items, done), shard_journal, sources, chat_template)
 
 
 def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int,
@@ -340,7 +345,9 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
 
     pinned = {name: pin_source(source) for name, source in sources.items()}
     base = pin_source(recipe.base)
-    logger.info("shards merge base %s and experts %s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()))
+    template = pin_source(recipe.chat_template_from) if recipe.chat_template_from else None
+    logger.info("shards merge base %s and experts %s%s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()),
+                f", prompting with the chat template of {template}" if template else "")
     keys = [i.mixture.key() for i in items]
     n = max(1, min(shards, len(keys)))
     chunks = [keys[i::n] for i in range(n)]
@@ -359,7 +366,7 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
     jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, names,
-                              [pinned] * n, [base] * n)
+                              [pinned] * n, [base] * n, [template] * n)
     logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
     try:
         failures = _wait(jobs)
