@@ -122,3 +122,34 @@ def test_a_hub_base_is_pinned_to_the_commit_of_its_branch(tmp_path, hub_api, hub
     assert json.loads((out / "expert.json").read_text())["base_model"]["revision"] == trained_on
     card = Path(hub_api.hf_hub_download("tester/pinned", "README.md", cache_dir=tmp_path / "c")).read_text()
     assert trained_on in card
+
+
+def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tmp_path, hub_api, hub, tiny_vlm,
+                                                                             lora_experts, monkeypatch):
+    """`merge-proxy train` trains on the commit its revision names at the start; an expert that names no
+    revision is published without one (resolving main at publish time could name a later commit)."""
+    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+    from merge_proxy.publish import pin_training_base
+
+    hub_api.create_repo(BASE_ID)
+    first = hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path).oid
+    args = {"model_name_or_path": BASE_ID, "output_dir": str(tmp_path / "out")}
+    pinned = pin_training_base(args, hub)
+    assert pinned["model_revision"] == first and "model_revision" not in args
+    assert pin_training_base(pinned, hub) == pinned  # a sha stays
+    local = {"model_name_or_path": str(tiny_vlm.path)}
+    assert pin_training_base(local, hub) == local  # a local base is never looked up
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert pin_training_base(args, hub) == args  # offline: as written
+    monkeypatch.undo()
+
+    hub_api.upload_file(path_or_fileobj=b"moved on\n", path_in_repo="NOTES.md", repo_id=BASE_ID)  # main moves
+    out = tmp_path / "expert"
+    shutil.copytree(lora_experts["a"], out)
+    document = build_expert_json(PublishSpec(domain="color", push=False), {**args, "output_dir": str(out)}, out,
+                                 TrainingSummary(), BASE_ID)
+    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
+    publish_directory(out, repo_id="tester/unpinned", hub=hub)
+    published = json.loads(Path(hub_api.hf_hub_download("tester/unpinned", "expert.json",
+                                                        cache_dir=tmp_path / "c")).read_text())
+    assert published["base_model"]["revision"] is None

@@ -269,7 +269,8 @@ def test_torchrun_is_launched_as_llamafactory_launches_it(tmp_path, monkeypatch)
     from merge_proxy.train import _torchrun_command, _torchrun_env, _use_torchrun
 
     for var in ("FORCE_TORCHRUN", "USE_MCA", "RDZV_ID", "MIN_NNODES", "MAX_NNODES", "OPTIM_TORCH"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "0")  # recorded first, so teardown restores it (USE_MCA sets FORCE_TORCHRUN)
+        monkeypatch.delenv(var)
     monkeypatch.setenv("MASTER_PORT", "29555")
     monkeypatch.setenv("NPROC_PER_NODE", "2")
     assert not _use_torchrun()  # this machine has no accelerator

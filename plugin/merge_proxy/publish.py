@@ -20,7 +20,7 @@ from typing import Any
 
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import EXPERT_METADATA_FILE
-from merge_proxy.hub import HubOptions, looks_like_repo_id
+from merge_proxy.hub import HubOptions, looks_like_repo_id, stale_file_deletes
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def publish_expert(
         api.create_repo(spec.repo_id, private=spec.private, exist_ok=True)
         if spec.revision:
             api.create_branch(spec.repo_id, branch=spec.revision, exist_ok=True)
-        parent, stale = _stale_files(api, spec.repo_id, spec.revision, {op.path_in_repo for op in operations})
+        parent, stale = stale_file_deletes(api, spec.repo_id, spec.revision, {op.path_in_repo for op in operations})
         info = api.create_commit(
             spec.repo_id, operations=[*operations, *stale], revision=spec.revision, parent_commit=parent,
             commit_message=f"merge-proxy expert: {spec.domain}",
@@ -176,20 +176,43 @@ def _pinned(api: Any, expert: dict[str, Any], retry: str) -> dict[str, Any]:
 
 
 def pin_base_revision(api: Any, expert: dict[str, Any]) -> dict[str, Any]:
-    """expert.json's base revision as a commit sha, resolved once, when the base was loaded from the Hub.
+    """expert.json's base revision as a commit sha, when it names a branch or tag of a Hub base.
 
-    Training records ``model_revision`` as written: nothing or a branch, which moves. A merge months later
-    needs the commit the expert was trained on. A base loaded from a local directory has no Hub
-    revision to ask for (its Hub id only names it), so nothing is looked up and publishing such an
-    expert needs no access to the base repo.
+    ``merge-proxy train`` pins the base before training (:func:`pin_training_base`), so its experts
+    arrive here with a sha. An expert trained elsewhere may name a ref (``v1``): its commit now is the
+    best record there is. One that names no revision is left so: resolving ``main`` today could name
+    a commit it was never trained on. A base loaded from a local directory has no Hub revision to ask
+    for (its Hub id only names it), so publishing such an expert needs no access to the base repo.
     """
     base = expert.get("base_model") or {}
     path, revision = str(base.get("path") or ""), base.get("revision")
-    if not _loaded_from_hub(path) or base.get("id") != path or is_commit_sha(revision):
+    if not _loaded_from_hub(path) or base.get("id") != path or not revision or is_commit_sha(revision):
         return expert
     sha = api.model_info(path, revision=revision).sha
-    logger.info("base model %s@%s is commit %s", path, revision or "main", sha)
+    logger.info("base model %s@%s is commit %s", path, revision, sha)
     return {**expert, "base_model": {**base, "revision": sha}}
+
+
+def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> dict[str, Any]:
+    """LLaMA-Factory arguments whose Hub base is pinned to the commit its revision names now, so the
+    run downloads exactly the commit expert.json records (a branch could move during a long run).
+
+    Offline, or when the Hub cannot be asked, the arguments stay as written (training may still run
+    from the cache); expert.json then records the revision as given.
+    """
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    path, revision = str(args.get("model_name_or_path") or ""), args.get("model_revision")
+    if not _loaded_from_hub(path) or is_commit_sha(revision) or HF_HUB_OFFLINE:
+        return args
+    try:
+        sha = (hub or HubOptions()).api().model_info(path, revision=revision or None).sha
+    except Exception as err:  # noqa: BLE001 - training may still work from the cache
+        logger.warning("could not pin base %s@%s to a commit (%s); expert.json records the revision as given",
+                       path, revision or "main", _describe(err))
+        return args
+    logger.info("training from base %s@%s = commit %s", path, revision or "main", sha)
+    return {**args, "model_revision": sha}
 
 
 def _loaded_from_hub(path: str) -> bool:
@@ -225,24 +248,6 @@ def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, confi
     for tag in spec.tags:
         args += ["--tag", tag]
     return shlex.join(args)
-
-
-def _stale_files(api: Any, repo_id: str, revision: str | None, keep: set[str]) -> tuple[str, list[Any]]:
-    """The head commit of ``revision`` and a delete for each file there that the new expert lacks.
-
-    ``create_commit`` only adds: without these deletes, re-publishing a single-file model over a sharded
-    one would keep the old ``model.safetensors.index.json`` and shards, and loaders follow the index.
-    ``.gitattributes`` is the Hub's own file and stays.
-    """
-    from huggingface_hub import CommitOperationDelete
-
-    head = api.repo_info(repo_id, revision=revision).sha
-    present = api.list_repo_files(repo_id, revision=head)
-    stale = sorted(set(present) - keep - {".gitattributes"})
-    if stale:
-        logger.info("%s: removing %d file(s) the new expert does not have: %s", repo_id, len(stale),
-                    ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
-    return head, [CommitOperationDelete(path_in_repo=name) for name in stale]
 
 
 def _describe(err: Exception) -> str:

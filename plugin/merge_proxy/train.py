@@ -22,6 +22,7 @@ from typing import Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
 from merge_proxy.provenance import PublishSpec, check_artifact_before_training, resolve_base_model_id
+from merge_proxy.publish import pin_training_base
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def train(config: str | Path, overrides: Sequence[str] = ()) -> int:
     check_artifact_before_training(spec, args)  # fail before hours of training, not after
     if spec.push:
         resolve_base_model_id(spec, args)
+    args = pin_training_base(args)  # the commit trained on is the one expert.json records
     if not _use_torchrun():
         run_worker(args, spec)
         return 0
