@@ -346,6 +346,17 @@ def test_tie_at_the_top_is_reported_everywhere(tmp_path):
     assert "**Tie:** 6 mixtures share the best aggregate proxy score: " + ", ".join(f"`{m}`" for m in ids) in card
     assert "0.17 (tie)" in card
 
+    # One tied mixture never trained (not the one listed first): the verdict is about the tie, and does
+    # not call the listed recommendation untrained.
+    partial = _journal(tmp_path / "t2.jsonl", [r for r in Journal(truth).records() if r.mixture_id != ids[-1]])
+    result2 = write_report(proxy, partial, tmp_path / "out2", n_boot=0)
+    expected = (f"**not all trained**: of the 6 mixtures tied for the best proxy score, `{ids[-1]}` has no truth "
+                "aggregate, so whether the proxy's pick beats the 5 trained mixtures is unknown")
+    assert expected in result2.report.read_text()
+    card2 = _render_card(result_card_context(result2.analysis, Journal(proxy).records()))
+    assert (f"**Not all trained:** of the 6 mixtures tied for the best proxy score, `{ids[-1]}` has no truth run"
+            in card2) and "**Not trained:**" not in card2
+
 
 def test_untrained_recommendation_is_said_not_scored_as_a_hit(tmp_path):
     """The recommended mixture has no truth run: report and card say "not trained", the table is labelled

@@ -99,10 +99,15 @@ Truth runs of mixtures not in the proxy journal (left out): {{ truth.only_truth 
 trained: {{ "truth aggregate" if check.mixture_ids | length == 1 else "mean truth aggregate" }} {{ check.truth_aggregate | num }}; against the best of the {{ check.n_trained }} trained \
 mixtures ({{ check.truth_best | map("code") | join(", ") }}): top-1 {{ check.top1_hit | hit }}, \
 top-3 {{ check.top3_hit | hit }}, regret {{ check.regret | num }}.
+{%- elif check.mixture_ids | length == 1 -%}
+**not trained** ({{ check.untrained | map("code") | join(", ") }} has no truth aggregate): whether it beats \
+the {{ check.n_trained }} trained mixtures is unknown, so top-1 and regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
+The table below judges the proxy's best *among trained mixtures*, not the recommendation.
 {%- else -%}
-**not trained** ({{ check.untrained | map("code") | join(", ") }} {{ "has" if check.untrained | length == 1 else "have" }} \
-no truth aggregate): whether it beats the {{ check.n_trained }} trained mixtures is unknown, so top-1 and \
-regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
+**not all trained**: of the {{ check.mixture_ids | length }} mixtures tied for the best proxy score, \
+{{ check.untrained | map("code") | join(", ") }} {{ "has" if check.untrained | length == 1 else "have" }} no \
+truth aggregate, so whether the proxy's pick beats the {{ check.n_trained }} trained mixtures is unknown: top-1 \
+and regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
 The table below judges the proxy's best *among trained mixtures*, not the recommendation.
 {%- endif %}
 {% endif %}
