@@ -22,6 +22,8 @@ def test_demo_runs_end_to_end_and_recommends_a_mixture(tmp_path):
     recommended = re.search(r"recommended mixture:\s+(\S+)", proc.stdout).group(1)
     report = (out / "report" / "report.md").read_text()
     assert f"**`{recommended}`**" in report
+    best = json.loads((out / "report" / "analysis.json").read_text())["best"]["aggregate"]
+    assert (f"tied with {len(best) - 1} other mixture(s)" in proc.stdout) == (len(best) > 1)
     assert "## Proxy vs truth" in report
     for png in ("ternary_aggregate.png", "proxy_vs_truth.png"):  # three domains: no weight-line plot
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,6 +55,8 @@ class DemoResult:
     experts: dict[str, str] = field(default_factory=dict)
     recommended: str = ""
     recommended_score: float = 0.0
+    tied: int = 0
+    """Other mixtures with the same best aggregate proxy score (the report names them)."""
     spearman: float | None = None
     report: Path | None = None
     results_url: str = ""
@@ -80,7 +82,8 @@ def _cli(args: argparse.Namespace) -> int:
     print("\n".join([
         "",
         f"merge-proxy demo finished in {result.seconds:.0f} s",
-        f"recommended mixture:  {result.recommended} (proxy aggregate {result.recommended_score:.4f})",
+        f"recommended mixture:  {result.recommended} (proxy aggregate {result.recommended_score:.4f}"
+        + (f"; tied with {result.tied} other mixture(s), see the report)" if result.tied else ")"),
         f"proxy vs truth:       Spearman {spearman} on the aggregate",
         f"report:               {result.report}",
         f"proxy journal:        {result.out_dir / 'sweep' / 'journal.jsonl'}",
@@ -202,12 +205,14 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         logger.info("merge-proxy sweep: the %d trained models, as truth", len(truth_entries))
         _run([_cli_path("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
 
+        from merge_proxy.analysis import AGGREGATE
         from merge_proxy.results import make_report, push_results
 
         report = make_report(out / "sweep", out / "truth", out / "report", title="merge-proxy demo: tiny Qwen2-VL")
         result.report = report.report
         rec = report.analysis.recommended
         result.recommended, result.recommended_score = rec.mixture_id, rec.aggregate
+        result.tied = len(report.analysis.best[AGGREGATE]) - 1
         if report.analysis.truth is not None:
             result.spearman = report.analysis.truth.aggregate.correlations["spearman"].value
         from merge_proxy.hub import HubOptions
