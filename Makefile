@@ -25,6 +25,11 @@ HEAVY := $(shell sed -n -E 's/^((nvidia-[a-z0-9-]+|triton|torch|torchvision|torc
 NEED_MIB ?= 9600
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
+	@if [ ! -x $(PY) ] && ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  echo "make install: $(PYTHON) is Python $$($(PYTHON) -V 2>&1 | cut -d' ' -f2), merge-proxy needs 3.11 or newer" \
+	    "(LLaMA-Factory 0.9.5 does too); run make PYTHON=python3.11 (or newer)." >&2; \
+	  exit 1; \
+	fi
 	@if [ ! -x $(PY) ]; then \
 	  free=$$(df -Pk "$(dir $(abspath $(VENV)))" | awk 'NR==2 {print int($$4 / 1024)}'); \
 	  if [ "$$free" -lt $(NEED_MIB) ]; then \
