@@ -116,7 +116,7 @@ def test_every_source_is_checked_before_the_first_download(hub_api, hub, tiny_vl
     upload(hub_api, full_experts["f2"], "tester/full")
     with pytest.raises(MergeProxyError, match="repository tester/typo not found"):
         resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["a=tester/lora", "t=tester/typo"], hub=hub)
-    with pytest.raises(MergeProxyError, match="--format lora needs LoRA experts only; f are full checkpoints"):
+    with pytest.raises(MergeProxyError, match="--format lora needs LoRA experts only; f is a full checkpoint"):
         resolve_merge_inputs(ExpertSpec.parse("tester/base"), ["a=tester/lora", "f=tester/full"], hub=hub, lora_only=True)
     with pytest.raises(MergeProxyError, match="base model 'tester/lora' is a LoRA adapter"):
         resolve_merge_inputs(ExpertSpec.parse("tester/lora"), ["f=tester/full"], hub=hub)
@@ -173,3 +173,19 @@ def test_cli_merge_and_lmms_eval_fetch_experts_from_the_hub(tmp_path, hub_api, h
                           include_path=domains.lmms_eval_dir)
     assert [s["filtered_resps"] for s in proxy.samples(task)] == [s["filtered_resps"] for s in stock.samples(task)]
     assert hub_emulator.token not in proxy.log
+
+
+def test_hub_http_errors_are_one_line_with_the_servers_message(tmp_path, hub_emulator):
+    """huggingface_hub's HTTP errors span lines (status, a docs link, the server's text): the CLI prints
+    one line, so the explanation keeps the status and the server's message only."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from merge_proxy.hub import explain_error
+
+    api = HfApi(endpoint=hub_emulator.endpoint, token=hub_emulator.token)
+    with pytest.raises(HfHubHTTPError) as caught:  # the emulator answers 404 to an endpoint it lacks
+        api.list_repo_refs("tester/none-such", repo_type="space")
+    assert len(str(caught.value).strip().splitlines()) > 1
+    message = str(explain_error(caught.value, "tester/none-such", None, HubOptions(endpoint=hub_emulator.endpoint)))
+    assert "\n" not in message and message.startswith(f"{hub_emulator.endpoint} refused a request for tester/none-such")

@@ -111,6 +111,7 @@ def test_one_instance_remerged_across_mixtures_and_cached(tmp_path, tiny_vlm, do
         ("pretrained={base},experts=a={a},weights=a=1,backend=nope", "backend 'nope' is not an lmms-eval model"),
         ("pretrained={base},experts=a={a},weights=a=1,backend=vllm", "keeps the model outside this process"),
         ("pretrained={base},experts=a={a},weights=a=1,bogus_key=1", "backend 'qwen2_vl' refused its arguments"),
+        ("pretrained={base},experts=a={a},weights=a=1,scale=half", "scale='half' is not a number"),
     ],
 )
 def test_bad_arguments_fail_visibly(tmp_path, tiny_vlm, domains, lora_experts, model_args, message):
@@ -122,6 +123,7 @@ def test_bad_arguments_fail_visibly(tmp_path, tiny_vlm, domains, lora_experts, m
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert message in proc.stdout + proc.stderr
+    assert "Loading weights" not in proc.stdout + proc.stderr  # refused before the base model loads
     assert not list((tmp_path / "out").rglob("*_results.json")) if (tmp_path / "out").exists() else True
 
 

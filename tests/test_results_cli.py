@@ -68,6 +68,13 @@ def test_report_then_push_results_in_one_commit(tmp_path):
     missing = subprocess.run([str(SCRIPTS / "merge-proxy"), "report", str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no journal at" in missing.stderr
+    # An output path that cannot be written: one line naming it and the cause, no traceback.
+    (tmp_path / "afile").write_text("x")
+    blocked = subprocess.run([str(SCRIPTS / "merge-proxy"), "report", str(proxy), "--out", str(tmp_path / "afile" / "r")],
+                             capture_output=True, text=True, timeout=120)
+    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
+    assert blocked.stderr.strip().splitlines()[-1].startswith(
+        f"merge-proxy report: error: cannot use {tmp_path / 'afile'}"), blocked.stderr
 
 
 def _push(tmp_path, hub, proxy, **kwargs) -> str:

@@ -444,3 +444,11 @@ def test_a_shards_retry_of_a_non_finite_score_reaches_the_journal_and_the_report
     lines = (tmp_path / "journal.jsonl").read_text().splitlines()
     gather(tmp_path)
     assert (tmp_path / "journal.jsonl").read_text().splitlines() == lines  # gathering twice adds nothing
+
+
+@pytest.mark.skipif(bool(__import__("shutil").which("srun")), reason="this machine is a SLURM node")
+def test_slurm_executor_off_a_cluster_says_so_in_one_line(tmp_path, tiny_vlm, domains, lora_experts):
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
+    proc = sweep(recipe, tmp_path / "out", "--executor", "slurm")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "cannot submit SLURM jobs from this machine" in proc.stderr and "--executor local" in proc.stderr

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from merge_proxy import __version__
-from merge_proxy.errors import MergeProxyError
+from merge_proxy.errors import MergeProxyError, describe_os_error
 
 #: Modules that add a subcommand, in the order ``--help`` lists them.
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergeProxyError as err:
         print(f"merge-proxy {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # an output path that cannot be written: a file in the way, no permission, a full disk
+        print(f"merge-proxy {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except _Terminated:
         print(f"merge-proxy {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -55,8 +55,8 @@ class DemoResult:
     experts: dict[str, str] = field(default_factory=dict)
     recommended: str = ""
     recommended_score: float = 0.0
-    tied: int = 0
-    """Other mixtures with the same best aggregate proxy score (the report names them)."""
+    summary: str = ""
+    """The recommendation as one line, with the mixtures that tie with it."""
     spearman: float | None = None
     report: Path | None = None
     results_url: str = ""
@@ -82,8 +82,7 @@ def _cli(args: argparse.Namespace) -> int:
     print("\n".join([
         "",
         f"merge-proxy demo finished in {result.seconds:.0f} s",
-        f"recommended mixture:  {result.recommended} (proxy aggregate {result.recommended_score:.4f}"
-        + (f"; tied with {result.tied} other mixture(s), see the report)" if result.tied else ")"),
+        f"recommended mixture:  {result.summary}",
         f"proxy vs truth:       Spearman {spearman} on the aggregate",
         f"report:               {result.report}",
         f"proxy journal:        {result.out_dir / 'sweep' / 'journal.jsonl'}",
@@ -107,14 +106,22 @@ def _prepare_out_dir(out: Path) -> None:
 def _run(cmd: list[str], log: Path, env: dict[str, str], what: str) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        except OSError as err:
+            raise MergeProxyError(f"{what}: cannot start {cmd[0]} ({err.strerror})") from err
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise MergeProxyError(f"{what} failed ({tail[0][:200]}); full log: {log}")
 
 
-def _cli_path(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
+#: The command lines, through this interpreter: console scripts need not sit beside it
+#: (``pip install --user``, ``--target``, distribution layouts).
+_CLIS = {"merge-proxy": "merge_proxy.cli", "llamafactory-cli": "llamafactory.cli"}
+
+
+def _cli(name: str) -> list[str]:
+    return [sys.executable, "-m", _CLIS[name]]
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
@@ -170,7 +177,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
             config["expert"] = {"domain": domain, "repo_id": f"{user}/tiny-qwen2-vl-{domain}-expert",
                                 "base_model": base_id, "private": True}
             cfg = _write_yaml(out / "configs" / f"expert-{domain}.yaml", config)
-            _run([_cli_path("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
+            _run([*_cli("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
                  f"merge-proxy train ({domain})")
             repo = f"{user}/tiny-qwen2-vl-{domain}-expert"
             result.experts[domain] = f"{repo}@{api.model_info(repo).sha[:10]}"
@@ -181,7 +188,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         recipe["output_dir"] = str(out / "sweep")
         proxy_recipe = _write_yaml(out / "demo.yaml", recipe)
         logger.info("merge-proxy sweep: merged proxies over the %g grid", size.grid_step)
-        _run([_cli_path("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
+        _run([*_cli("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
 
         truth_entries = []
         for i, mix in enumerate(size.truth_mixtures):
@@ -195,7 +202,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
                                          out / "truth-models" / name, max_steps=size.truth_steps,
                                          seed=seed + 1000 + i, learning_rate=1e-2)
             cfg = _write_yaml(out / "configs" / f"truth-{name}.yaml", config)
-            _run([_cli_path("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
+            _run([*_cli("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
                  f"training on mixture {name}")
             truth_entries.append({"weights": weights, "model": f"truth-models/{name}"})
         truth_recipe = {**recipe, "name": "demo-truth", "mode": "truth", "truth": truth_entries,
@@ -203,16 +210,16 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         truth_recipe.pop("mixtures")
         truth_path = _write_yaml(out / "demo-truth.yaml", truth_recipe)
         logger.info("merge-proxy sweep: the %d trained models, as truth", len(truth_entries))
-        _run([_cli_path("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
+        _run([*_cli("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
 
-        from merge_proxy.analysis import AGGREGATE
+        from merge_proxy.report import recommendation_summary
         from merge_proxy.results import make_report, push_results
 
         report = make_report(out / "sweep", out / "truth", out / "report", title="merge-proxy demo: tiny Qwen2-VL")
         result.report = report.report
         rec = report.analysis.recommended
         result.recommended, result.recommended_score = rec.mixture_id, rec.aggregate
-        result.tied = len(report.analysis.best[AGGREGATE]) - 1
+        result.summary = recommendation_summary(report.analysis)
         if report.analysis.truth is not None:
             result.spearman = report.analysis.truth.aggregate.correlations["spearman"].value
         from merge_proxy.hub import HubOptions

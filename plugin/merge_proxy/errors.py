@@ -6,6 +6,8 @@ traceback is needed to act on it.
 
 from __future__ import annotations
 
+import errno
+
 
 class MergeProxyError(Exception):
     """Base class: a failure caused by inputs or environment, with an actionable message."""
@@ -31,3 +33,18 @@ class MissingDependencyError(MergeProxyError):
         )
         self.package = package
         self.extra = extra
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a file-system error the user can fix: what failed, on which path, and the hint."""
+    what = err.strerror or str(err)
+    path = f" {err.filename}" if err.filename else ""
+    hint = {
+        "ENOENT": "its parent directory does not exist",
+        "ENOTDIR": "a file is in the way of a directory",
+        "EEXIST": "a file is in the way",
+        "EACCES": "no permission to write there",
+        "EROFS": "the file system is read-only",
+        "ENOSPC": "the disk is full",
+    }.get(errno.errorcode.get(err.errno or 0, ""), "")
+    return f"cannot use{path}: {what}" + (f" ({hint}); choose another path" if hint else "")

@@ -315,7 +315,7 @@ def resolve_merge_inputs(
     full = [f.spec.name or f.spec.source for f in found if f.kind == "full"]
     if lora_only and full:
         raise ExpertError(
-            f"--format lora needs LoRA experts only; {', '.join(full)} are full checkpoints: use --format full"
+            f"--format lora needs LoRA experts only; {', '.join(full)} {'is a full checkpoint' if len(full) == 1 else 'are full checkpoints'}: use --format full"
         )
     # A LoRA-format output reads the base's config only: its weights (GBs) are not fetched.
     resolved_base = _fetch(base_at, position=0, allow_pickle=allow_pickle, hub=hub, weights=not lora_only)
@@ -336,8 +336,8 @@ def _fetch_experts(found: Sequence[_Located], allow_pickle: bool, hub: HubOption
     for e in experts:
         if e.name in seen:
             raise ExpertError(
-                f"two experts are named {e.name!r} ({seen[e.name]} and {e.source}); name them explicitly "
-                "with NAME=SOURCE"
+                f"two experts are named {e.name!r} ({seen[e.name]} and {e.source}); give each a different "
+                "name with NAME=SOURCE"
             )
         seen[e.name] = e.source
     return experts

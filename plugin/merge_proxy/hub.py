@@ -79,7 +79,11 @@ def explain_error(err: Exception, repo_id: str, revision: str | None, options: H
     if isinstance(err, EntryNotFoundError):
         return HubError(f"{repo_id}@{revision or 'main'}: {err}")
     if isinstance(err, HfHubHTTPError):
-        return HubError(f"{where} refused a request for {repo_id}: {err}")
+        # str(err) spans lines (status, a documentation link, the server's text): keep the status
+        # line and the server's own message
+        status = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        server = " ".join((getattr(err, "server_message", None) or "").split())
+        return HubError(f"{where} refused a request for {repo_id}: {status}" + (f" ({server})" if server else ""))
     if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith(("httpx", "httpcore")):
         return HubError(f"cannot reach {where} for {repo_id} ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
     return HubError(f"fetching {repo_id} from {where} failed: {err}")

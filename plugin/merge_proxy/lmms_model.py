@@ -21,7 +21,7 @@ from merge_proxy.engine import MergeMethod
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve_merge_inputs
 from merge_proxy.inplace import InPlaceMerger, PlanPrefetch
-from merge_proxy.mixture import Mixture
+from merge_proxy.mixture import Mixture, make_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,15 @@ class MergeProxy(lmms):
     def _setup(self, **kwargs: Any) -> None:
         ours, backend_kwargs = parse_model_args(kwargs)
         scale = ours.get("scale")
-        self.method = MergeMethod(str(ours.get("method", "linear")), 1.0 if scale in (None, "") else float(scale))
+        try:
+            scale_value = 1.0 if scale in (None, "") else float(scale)
+        except ValueError:
+            raise ConfigError(f"scale={scale!r} is not a number; write e.g. scale=0.5") from None
+        self.method = MergeMethod(str(ours.get("method", "linear")), scale_value)
         allow_pickle = _truthy(ours.get("allow_pickle", False))
         self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
+        if not isinstance(ours["weights"], Mixture):  # a typo fails now, not after the base loaded
+            make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
         self.backend_kwargs = dict(backend_kwargs)
         self.backend_name = ours.get("backend") or self._default_backend(self.base)
         if self.backend_name in _UNSUPPORTED_BACKENDS:

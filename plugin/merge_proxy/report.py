@@ -276,6 +276,14 @@ def _read(path: str | Path, what: str) -> list[JournalRecord]:
     return records
 
 
+def recommendation_summary(analysis: Analysis) -> str:
+    """One line for a terminal: the recommended mixture, its score, and how many tie with it."""
+    rec = analysis.recommended
+    tied = len(analysis.best[AGGREGATE]) - 1
+    return (f"{rec.mixture_id} (proxy aggregate {rec.aggregate:.4f}"
+            + (f"; tied with {tied} other mixture(s), see the report)" if tied else ")"))
+
+
 def write_report(
     proxy_journal: str | Path,
     truth_journal: str | Path | None,

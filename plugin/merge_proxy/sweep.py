@@ -351,7 +351,12 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     keys = [i.mixture.key() for i in items]
     n = max(1, min(shards, len(keys)))
     chunks = [keys[i::n] for i in range(n)]
-    executor = submitit.AutoExecutor(folder=out / "submitit", cluster="local" if executor_type == "submitit-local" else "slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=out / "submitit",
+                                         cluster="local" if executor_type == "submitit-local" else "slurm")
+    except RuntimeError as err:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
+                          "node, or use --executor local (this process) or submitit-local") from None
     params = dict(recipe.executor.slurm)
     mapped: dict[str, Any] = {"timeout_min": int(params.pop("timeout_min", 240))}
     for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),

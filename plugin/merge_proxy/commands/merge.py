@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     template = load_chat_template(args.chat_template_from) if args.chat_template_from else None
     method = MergeMethod(args.method, 1.0 if args.scale is None else args.scale)
     specs = [ExpertSpec.parse(e) for e in args.expert]
+    named = [s.name for s in specs if s.name]
+    twice = sorted({n for n in named if named.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two --expert are named {twice[0]!r}; give each expert a different NAME (NAME=SOURCE)")
     if all(s.name for s in specs):  # check the weights before any download or file read
         make_mixture(args.weights, [s.name for s in specs], method.name)
     base, experts = resolve_merge_inputs(

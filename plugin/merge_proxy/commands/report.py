@@ -27,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from merge_proxy.report import recommendation_summary
     from merge_proxy.results import make_report
 
     result = make_report(args.results, args.truth, args.out, args.weights, args.title)
-    rec = result.analysis.recommended
-    print(f"recommended mixture: {rec.mixture_id} (proxy aggregate {rec.aggregate:.4f})")
+    print(f"recommended mixture: {recommendation_summary(result.analysis)}")
     print(f"report: {result.report}")
     return 0
 

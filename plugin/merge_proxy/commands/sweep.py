@@ -12,12 +12,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One base load, an in-place re-merge per mixture, lmms-eval in process; results are appended "
         "to DIR/journal.jsonl as they come, and a rerun skips what is there.",
     )
-    p.add_argument("recipe", help="recipe YAML (see recipes/ in the package)")
-    p.add_argument("--out", help="output directory (default: the recipe's output_dir)")
+    p.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe (e.g. qwen2vl-2b-3dom; "
+                   "list them with python -c 'import merge_proxy.resources as r; print(r.list_recipes())')")
+    p.add_argument("--out", help="output directory (default: the recipe's output_dir, else sweeps/RECIPE; "
+                   "relative to the working directory)")
     p.add_argument("--dry-run", action="store_true", help="list the work left, run nothing")
     p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), help="override the recipe's executor")
-    p.add_argument("--shards", type=int, help="number of jobs for slurm/submitit-local (default: the recipe's)")
+    p.add_argument("--shards", type=_positive, help="number of jobs for slurm/submitit-local (default: the recipe's)")
     p.set_defaults(handler=run, unwind_on_sigterm=True)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} jobs: give at least 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

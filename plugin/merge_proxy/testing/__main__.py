@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from merge_proxy.errors import MergeProxyError
+from merge_proxy.errors import MergeProxyError, describe_os_error
 
 
 def _tiny_vlm(args: argparse.Namespace) -> int:
@@ -98,10 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (FileExistsError, ValueError, MergeProxyError) as err:
+    except (ValueError, MergeProxyError) as err:
         print(f"python -m merge_proxy.testing {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output path that cannot be written (a file in the way, no permission)
+        message = describe_os_error(err) if err.errno else str(err)  # the kit's own FileExistsError says it all
+        print(f"python -m merge_proxy.testing {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print(f"python -m merge_proxy.testing {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
