@@ -120,7 +120,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], what: str) -> None:
 _CLIS = {"merge-proxy": "merge_proxy.cli", "llamafactory-cli": "llamafactory.cli"}
 
 
-def _cli(name: str) -> list[str]:
+def _command(name: str) -> list[str]:
     return [sys.executable, "-m", _CLIS[name]]
 
 
@@ -177,7 +177,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
             config["expert"] = {"domain": domain, "repo_id": f"{user}/tiny-qwen2-vl-{domain}-expert",
                                 "base_model": base_id, "private": True}
             cfg = _write_yaml(out / "configs" / f"expert-{domain}.yaml", config)
-            _run([*_cli("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
+            _run([*_command("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
                  f"merge-proxy train ({domain})")
             repo = f"{user}/tiny-qwen2-vl-{domain}-expert"
             result.experts[domain] = f"{repo}@{api.model_info(repo).sha[:10]}"
@@ -188,7 +188,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         recipe["output_dir"] = str(out / "sweep")
         proxy_recipe = _write_yaml(out / "demo.yaml", recipe)
         logger.info("merge-proxy sweep: merged proxies over the %g grid", size.grid_step)
-        _run([*_cli("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
+        _run([*_command("merge-proxy"), "sweep", str(proxy_recipe)], out / "logs" / "sweep.log", env, "sweep")
 
         truth_entries = []
         for i, mix in enumerate(size.truth_mixtures):
@@ -202,7 +202,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
                                          out / "truth-models" / name, max_steps=size.truth_steps,
                                          seed=seed + 1000 + i, learning_rate=1e-2)
             cfg = _write_yaml(out / "configs" / f"truth-{name}.yaml", config)
-            _run([*_cli("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
+            _run([*_command("llamafactory-cli"), "train", str(cfg)], out / "logs" / f"truth-{name}.log", env,
                  f"training on mixture {name}")
             truth_entries.append({"weights": weights, "model": f"truth-models/{name}"})
         truth_recipe = {**recipe, "name": "demo-truth", "mode": "truth", "truth": truth_entries,
@@ -210,7 +210,7 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
         truth_recipe.pop("mixtures")
         truth_path = _write_yaml(out / "demo-truth.yaml", truth_recipe)
         logger.info("merge-proxy sweep: the %d trained models, as truth", len(truth_entries))
-        _run([*_cli("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
+        _run([*_command("merge-proxy"), "sweep", str(truth_path)], out / "logs" / "truth.log", env, "truth sweep")
 
         from merge_proxy.report import recommendation_summary
         from merge_proxy.results import make_report, push_results
