@@ -12,14 +12,13 @@ import fnmatch
 import glob
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from merge_proxy.errors import MergeProxyError
-from merge_proxy.hub import HubOptions, fetch_snapshot, looks_like_repo_id, repo_files, split_revision
+from merge_proxy.hub import HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
@@ -28,7 +27,6 @@ Kind = Literal["lora", "full"]
 
 #: The provenance file merge-proxy publishes beside every expert (see merge_proxy.publish).
 EXPERT_METADATA_FILE = "expert.json"
-_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", EXPERT_METADATA_FILE)
 _FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", EXPERT_METADATA_FILE)
@@ -208,7 +206,7 @@ def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOpt
     # mixture models) are addressed by the folder after the repo id.
     repo_id, subfolder = _split_subfolder(spec.source)
     sha, files = repo_files(repo_id, spec.revision, hub)
-    if not _SHA.match(sha or ""):
+    if not is_commit_sha(sha):
         raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
     if subfolder:
         files = [f[len(subfolder) + 1:] for f in files if f.startswith(subfolder + "/")]

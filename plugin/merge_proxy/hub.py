@@ -16,6 +16,7 @@ from merge_proxy.errors import MergeProxyError
 
 logger = logging.getLogger(__name__)
 
+_SHA = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
@@ -40,6 +41,16 @@ class HubOptions:
 
 def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and ".." not in text
+
+
+def is_repo_id(text: str) -> bool:
+    """``ORG/NAME``, a repo one can create and push to (looks_like_repo_id also accepts a bare NAME)."""
+    return looks_like_repo_id(text) and text.count("/") == 1
+
+
+def is_commit_sha(revision: object) -> bool:
+    """A full commit sha (40 lowercase hex), as the Hub answers it; a branch or tag can move."""
+    return isinstance(revision, str) and bool(_SHA.fullmatch(revision))
 
 
 def split_revision(source: str) -> tuple[str, str | None]:

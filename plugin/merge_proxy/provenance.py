@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from merge_proxy.errors import ConfigError
-from merge_proxy.hub import looks_like_repo_id
+from merge_proxy.hub import is_repo_id, looks_like_repo_id
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class PublishSpec:
         repo_id = block.get("repo_id")
         if push and not repo_id:
             raise ConfigError(f"{where} needs repo_id: (ORG/NAME on the Hub), or push: false")
-        if repo_id and not (looks_like_repo_id(str(repo_id)) and str(repo_id).count("/") == 1):
+        if repo_id and not is_repo_id(str(repo_id)):
             raise ConfigError(f"{where} repo_id {repo_id!r} is not a Hub repo id like ORG/NAME")
         artifact = block.get("artifact")
         if artifact not in (None, "adapter", "full"):
@@ -266,6 +266,11 @@ def check_artifact_before_training(spec: PublishSpec, args: dict[str, Any]) -> N
         )
 
 
+def loaded_from_hub(model_name_or_path: str) -> bool:
+    """Whether LLaMA-Factory loads this base from the Hub: an ORG/NAME that is no local directory."""
+    return is_repo_id(model_name_or_path) and not Path(model_name_or_path).exists()
+
+
 def resolve_base_model_id(
     spec: PublishSpec, args: dict[str, Any], fix: str = "add base_model: ORG/NAME (its Hub id) to the expert: block",
 ) -> str:
@@ -276,7 +281,7 @@ def resolve_base_model_id(
     if spec.base_model:
         return spec.base_model
     path = str(args.get("model_name_or_path", ""))
-    if looks_like_repo_id(path) and path.count("/") == 1 and not Path(path).exists():
+    if loaded_from_hub(path):
         return path
     raise ConfigError(
         f"the base model {path!r} (model_name_or_path) is a local path; {fix} so that the expert's card names its base"

@@ -20,8 +20,8 @@ from typing import Any
 
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import EXPERT_METADATA_FILE
-from merge_proxy.hub import HubOptions, looks_like_repo_id, stale_file_deletes
-from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec
+from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
+from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec, loaded_from_hub
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def pin_base_revision(api: Any, expert: dict[str, Any]) -> dict[str, Any]:
     """
     base = expert.get("base_model") or {}
     path, revision = str(base.get("path") or ""), base.get("revision")
-    if not _loaded_from_hub(path) or base.get("id") != path or not revision or is_commit_sha(revision):
+    if not loaded_from_hub(path) or base.get("id") != path or not revision or is_commit_sha(revision):
         return expert
     sha = api.model_info(path, revision=revision).sha
     logger.info("base model %s@%s is commit %s", path, revision, sha)
@@ -203,7 +203,7 @@ def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> di
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
     path, revision = str(args.get("model_name_or_path") or ""), args.get("model_revision")
-    if not _loaded_from_hub(path) or is_commit_sha(revision) or HF_HUB_OFFLINE:
+    if not loaded_from_hub(path) or is_commit_sha(revision) or HF_HUB_OFFLINE:
         return args
     try:
         sha = (hub or HubOptions()).api().model_info(path, revision=revision or None).sha
@@ -213,14 +213,6 @@ def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> di
         return args
     logger.info("training from base %s@%s = commit %s", path, revision or "main", sha)
     return {**args, "model_revision": sha}
-
-
-def _loaded_from_hub(path: str) -> bool:
-    return looks_like_repo_id(path) and path.count("/") == 1 and not Path(path).exists()
-
-
-def is_commit_sha(revision: Any) -> bool:
-    return isinstance(revision, str) and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def with_base_model_id(expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:

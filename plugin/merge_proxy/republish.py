@@ -14,7 +14,7 @@ from pathlib import Path
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import EXPERT_METADATA_FILE
-from merge_proxy.hub import HubOptions, looks_like_repo_id
+from merge_proxy.hub import HubOptions, is_repo_id, looks_like_repo_id
 from merge_proxy.provenance import PublishSpec, build_expert_json, resolve_base_model_id, summary_from_output_dir
 from merge_proxy.publish import Publication, publish_expert
 
@@ -89,7 +89,7 @@ def _check_flags(repo_id: str | None, base_model: str | None) -> None:
     """Errors in the flags' own words: PublishSpec's would name the YAML keys of an expert: block."""
     if not repo_id:
         raise ConfigError("no Hub repo to publish to; pass --repo ORG/NAME")
-    if not (looks_like_repo_id(repo_id) and repo_id.count("/") == 1):
+    if not is_repo_id(repo_id):
         raise ConfigError(f"--repo {repo_id!r} is not a Hub repo id; pass --repo ORG/NAME")
     if base_model and not looks_like_repo_id(base_model):
         raise ConfigError(f"--base-model {base_model!r} is not a Hub id; pass --base-model ORG/NAME")

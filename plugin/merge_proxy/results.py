@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError
-from merge_proxy.hub import HubOptions, looks_like_repo_id, stale_file_deletes
+from merge_proxy.hub import HubOptions, is_repo_id, stale_file_deletes
 from merge_proxy.journal import Journal, JournalRecord, new_information, records_digest
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
     from merge_proxy.report import load_analysis, result_card_context
     from merge_proxy.resources import card_template
 
-    if not (looks_like_repo_id(repo_id) and repo_id.count("/") == 1):  # before the report is computed
+    if not is_repo_id(repo_id):  # before the report is computed
         raise ConfigError(f"--repo {repo_id!r} is not a Hub repo id; pass --repo ORG/NAME (a dataset repo)")
     hub = hub or HubOptions()
     inputs = locate(results)
