@@ -59,6 +59,16 @@ class JournalRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+#: A sweep directory's journal, and the folder where its SLURM shards journal the same records.
+JOURNAL_FILE = "journal.jsonl"
+SHARD_DIR = "shards"
+
+
+def shard_journals(sweep_dir: Path) -> list[Path]:
+    """A sweep directory's shard journals, in name order (the order gathering folds them in)."""
+    return sorted((sweep_dir / SHARD_DIR).glob("*.jsonl"))
+
+
 def scored(records: Iterable[JournalRecord], mode: str) -> set[tuple[str, str]]:
     """(mixture_id, benchmark) scored in ``mode``: what a rerun skips. A non-finite score is not
     done (the rerun retries it), so a sweep never reports as finished what the report leaves out."""

@@ -19,15 +19,19 @@ from typing import Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.hub import HubOptions, is_repo_id, stale_file_deletes
-from merge_proxy.journal import Journal, JournalRecord, new_information, records_digest
+from merge_proxy.journal import (
+    JOURNAL_FILE,
+    SHARD_DIR,
+    Journal,
+    JournalRecord,
+    new_information,
+    records_digest,
+    shard_journals,
+)
 
 logger = logging.getLogger(__name__)
 
 RESULTS_TAGS = ("merge-proxy", "merge-proxy-results", "data-mixture")
-#: What the sweep names its journal and its shards' folder (merge_proxy.sweep, not imported: it pulls
-#: in the evaluation stack, and a report must run on a laptop from a copied sweep directory).
-JOURNAL_FILE = "journal.jsonl"
-SHARD_DIR = "shards"
 #: The dataset configs of a pushed results repo: ``datasets.load_dataset(repo, "proxy")`` reads the
 #: journal, ``"truth"`` the truth journal; without them `datasets` mixes every JSON file it finds.
 PROXY_CONFIG = {"config_name": "proxy", "data_files": [{"split": "train", "path": "journal.jsonl"}],
@@ -49,7 +53,7 @@ class ResultsInput:
         """Shard journals beside a sweep's journal.jsonl (none for a journal file named otherwise)."""
         if self.journal.name != JOURNAL_FILE:
             return []
-        return sorted((self.directory / SHARD_DIR).glob("*.jsonl"))
+        return shard_journals(self.directory)
 
 
 def locate(results: str | Path) -> ResultsInput:

@@ -21,14 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
-from merge_proxy.journal import Journal, JournalRecord, new_information, scored
+from merge_proxy.journal import (
+    JOURNAL_FILE,
+    SHARD_DIR,
+    Journal,
+    JournalRecord,
+    new_information,
+    scored,
+    shard_journals,
+)
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "journal.jsonl"
-SHARD_DIR = "shards"
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ def candidate_items(recipe: Recipe, names: Sequence[str]) -> list[WorkItem]:
 def all_records(out_dir: Path) -> list[JournalRecord]:
     """The main journal's records and every shard's, read only: a dry run or a shard job that only
     needs to know what is done writes nothing (concurrent shard starts once appended duplicates)."""
-    paths = [out_dir / JOURNAL_FILE, *sorted((out_dir / SHARD_DIR).glob("*.jsonl"))]
+    paths = [out_dir / JOURNAL_FILE, *shard_journals(out_dir)]
     return [r for path in paths for r in Journal(path).records()]
 
 
@@ -87,7 +93,7 @@ def gather(out_dir: Path) -> Journal:
     one), so every reader sees one file."""
     journal = Journal(out_dir / JOURNAL_FILE)
     held = journal.records()
-    for shard in sorted((out_dir / SHARD_DIR).glob("*.jsonl")):
+    for shard in shard_journals(out_dir):
         fresh = new_information(held, Journal(shard).records())
         journal.append_many(fresh)
         held += fresh
