@@ -20,7 +20,6 @@ itself calls ``abandon()``.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import sys
 import time
@@ -29,10 +28,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from merge_proxy.atomic import atomic_write_text
-from merge_proxy.experts import EXPERT_METADATA_FILE
 from merge_proxy.hub import HubOptions
-from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json, resolve_base_model_id
+from merge_proxy.provenance import (
+    PublishSpec,
+    TrainingSummary,
+    build_expert_json,
+    resolve_base_model_id,
+    write_expert_json,
+)
 from merge_proxy.publish import Publication, publish_expert
 
 logger = logging.getLogger(__name__)
@@ -95,15 +98,14 @@ class ExpertPublisher(TrainerCallback):
             return None
         self._finished = True
         expert = self.expert_document()
-        atomic_write_text(self.output_dir / EXPERT_METADATA_FILE, json.dumps(expert, indent=2) + "\n")
+        written = write_expert_json(self.output_dir, expert)
         if not self.spec.push:
-            logger.info("expert: push is false; wrote %s only", self.output_dir / EXPERT_METADATA_FILE)
+            logger.info("expert: push is false; wrote %s only", written)
             return None
         assert self.base_model_id is not None
         self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
         if self.publication.expert != expert:  # keep the local copy identical to the published one
-            atomic_write_text(self.output_dir / EXPERT_METADATA_FILE,
-                              json.dumps(self.publication.expert, indent=2) + "\n")
+            write_expert_json(self.output_dir, self.publication.expert)
         return self.publication
 
     def abandon(self, reason: str = "training failed") -> None:

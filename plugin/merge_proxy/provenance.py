@@ -266,6 +266,16 @@ def check_artifact_before_training(spec: PublishSpec, args: dict[str, Any]) -> N
         )
 
 
+def write_expert_json(output_dir: Path, expert: dict[str, Any]) -> Path:
+    """expert.json beside the training output, written whole or not at all."""
+    from merge_proxy.atomic import atomic_write_text
+    from merge_proxy.experts import EXPERT_METADATA_FILE
+
+    path = Path(output_dir) / EXPERT_METADATA_FILE
+    atomic_write_text(path, json.dumps(expert, indent=2) + "\n")
+    return path
+
+
 def loaded_from_hub(model_name_or_path: str) -> bool:
     """Whether LLaMA-Factory loads this base from the Hub: an ORG/NAME that is no local directory."""
     return is_repo_id(model_name_or_path) and not Path(model_name_or_path).exists()

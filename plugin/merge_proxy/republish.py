@@ -15,7 +15,13 @@ from pathlib import Path
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import EXPERT_METADATA_FILE
 from merge_proxy.hub import HubOptions, is_repo_id, looks_like_repo_id
-from merge_proxy.provenance import PublishSpec, build_expert_json, resolve_base_model_id, summary_from_output_dir
+from merge_proxy.provenance import (
+    PublishSpec,
+    build_expert_json,
+    resolve_base_model_id,
+    summary_from_output_dir,
+    write_expert_json,
+)
 from merge_proxy.publish import Publication, publish_expert
 
 logger = logging.getLogger(__name__)
@@ -71,18 +77,12 @@ def publish_directory(
         base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
         expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
     publication = publish_expert(output_dir, spec, expert, base_id, hub, config=config)
-    if reused and publication.expert != existing:  # a document built for another --domain stays remote
-        _keep_local_copy(existing_path, publication.expert)
+    # After a successful push the local expert.json says what the Hub's says (e.g. the base id given by
+    # --base-model), so later merges from the directory pass the same base check; a document built for
+    # another --domain stays remote.
+    if reused and publication.expert != existing:
+        logger.info("updated %s to match the published expert.json", write_expert_json(output_dir, publication.expert))
     return publication
-
-
-def _keep_local_copy(path: Path, expert: dict) -> None:
-    """After a successful push, the local expert.json says what the Hub's says (e.g. the base id given
-    by --base-model), so later merges from the directory pass the same base check."""
-    from merge_proxy.atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(expert, indent=2) + "\n")
-    logger.info("updated %s to match the published expert.json", path)
 
 
 def _check_flags(repo_id: str | None, base_model: str | None) -> None:
