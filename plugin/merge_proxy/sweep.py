@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,7 @@ class Evaluator:
     def truth_model(self, source: str):
         """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
         merge), a full checkpoint is loaded by the backend as is."""
-        from merge_proxy.chat_template import apply_chat_template, load_chat_template
+        from merge_proxy.chat_template import apply_chat_template
         from merge_proxy.experts import ExpertSpec, resolve
         from merge_proxy.lmms_model import MergeProxy, proxy_class
 
@@ -244,7 +245,7 @@ class Evaluator:
         from lmms_eval import models
 
         backend = self.recipe.backend or MergeProxy._default_backend(resolved)
-        template = load_chat_template(self.chat_template) if self.chat_template else None
+        template = self._template  # before the load: a wrong source fails in seconds
         cls = models.get_model(backend, force_simple=proxy_class(backend) is MergeProxy)
         model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
         if template is not None:
@@ -253,6 +254,13 @@ class Evaluator:
         # benchmark, as MergeProxy.clean does.
         model.clean = gc.collect
         return model, resolved.pinned_source
+
+    @cached_property
+    def _template(self):
+        """The chat template for full truth checkpoints, fetched once for all of them."""
+        from merge_proxy.chat_template import load_chat_template
+
+        return load_chat_template(self.chat_template) if self.chat_template else None
 
     def score(self, model, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
         from lmms_eval.evaluator import simple_evaluate
