@@ -329,25 +329,27 @@ def expand_mixtures(recipe: Recipe, names: list[str]) -> list:
     out = []
     for i, item in enumerate(recipe.mixtures):
         kind, spec = next(iter(item.items()))
-        try:
-            if kind == "grid":
-                spec = spec or {}
-                out += gen.grid(names, spec.get("step", 0.25), bool(spec.get("interior", False)))
-            elif kind == "paper":
-                spec = {"set": spec} if isinstance(spec, str) else spec
-                out += gen.paper(names, spec["set"], bool(spec.get("include_uniform", False)))
-            elif kind == "dirichlet":
-                out += gen.dirichlet(names, int(spec["n"]), spec.get("alpha", 1.0), int(spec.get("seed", 0)))
-            else:
-                for j, one in enumerate(spec):  # per item, so an error names the item at fault
-                    try:
-                        out += gen.explicit(names, [one])
-                    except ConfigError as err:
-                        raise loc.error(("mixtures", i, kind, j), str(err)) from None
-        except ConfigError as err:
-            if str(err).startswith(f"{recipe.path}:"):
-                raise
-            raise loc.error(("mixtures", i, kind), str(err)) from None
-        except (KeyError, TypeError, ValueError) as err:
-            raise loc.error(("mixtures", i, kind), f"malformed ({err})") from None
+        at = ("mixtures", i, kind)
+        if kind == "grid":
+            spec = spec or {}
+            out += _generated(loc, at, gen.grid, names, spec.get("step", 0.25), bool(spec.get("interior", False)))
+        elif kind == "paper":
+            spec = {"set": spec} if isinstance(spec, str) else spec
+            out += _generated(loc, at, gen.paper, names, spec["set"], bool(spec.get("include_uniform", False)))
+        elif kind == "dirichlet":
+            out += _generated(loc, at, gen.dirichlet, names, int(spec["n"]), spec.get("alpha", 1.0),
+                              int(spec.get("seed", 0)))
+        else:
+            for j, one in enumerate(spec):  # per item, so an error names the item at fault
+                out += _generated(loc, (*at, j), gen.explicit, names, [one])
     return gen.unique(out)
+
+
+def _generated(loc: _Located, at: tuple, generator: Any, *args: Any) -> list:
+    """A generator's mixtures; its errors located at the recipe entry that asked for them."""
+    try:
+        return generator(*args)
+    except ConfigError as err:
+        raise loc.error(at, str(err)) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise loc.error(at, f"malformed ({err})") from None
