@@ -174,12 +174,12 @@ def _scatter_panel(ax, comp: BenchmarkAnalysis) -> None:
     y = [comp.truth_scores[m] for m in ids]
     ax.scatter(x, y, s=28, color="tab:blue", alpha=0.8)
     # every tied mixture is marked: the first by mixture_id is no more the pick than the others
-    picks = comp.proxy_best_tied or ((comp.proxy_best,) if comp.proxy_best is not None else ())
+    picks = comp.proxy_best_tied
     if picks:
         ax.scatter([comp.proxy_scores[m] for m in picks], [comp.truth_scores[m] for m in picks], marker="*",
                    s=200, c="red", edgecolors="black", zorder=3,
                    label="proxy's pick" if len(picks) == 1 else f"proxy's pick (tie of {len(picks)})")
-    bests = comp.truth_best_tied or ((comp.truth_best,) if comp.truth_best is not None else ())
+    bests = comp.truth_best_tied
     if bests:
         ax.scatter([comp.proxy_scores[m] for m in bests], [comp.truth_scores[m] for m in bests], marker="o",
                    s=160, facecolors="none", edgecolors="green", lw=2, zorder=3, label="truth's best")
