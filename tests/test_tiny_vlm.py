@@ -1,4 +1,4 @@
-"""The tiny Qwen2-VL: deterministic, loadable by the Auto classes, trainable by the real LLaMA-Factory."""
+"""The tiny models: deterministic, loadable by the Auto classes, trainable by the real LLaMA-Factory."""
 
 from __future__ import annotations
 
@@ -86,6 +86,45 @@ def test_module_cli_builds_a_model(tmp_path: Path):
     assert again.returncode != 0
     assert "not empty" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("family", "architecture", "dtype", "image_line"),
+    [
+        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", torch.float32, "<|vision_start|><|image_pad|><|vision_end|>"),
+        ("internvl", "InternVLForConditionalGeneration", torch.bfloat16, "<IMG_CONTEXT>\n"),
+    ],
+)
+def test_module_cli_builds_the_other_families(tmp_path: Path, family, architecture, dtype, image_line):
+    """Each family as its Hub checkpoints come: the processor prompts in its format and expands an
+    image to its tokens (InternVL: one 56 px tile, 4 tokens between <img> and </img>)."""
+    from PIL import Image
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "merge_proxy.testing", "tiny-vlm", str(tmp_path / "m"), "--family", family],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = AutoConfig.from_pretrained(tmp_path / "m")
+    assert config.architectures == [architecture]
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", dtype="auto").eval()
+    assert model.dtype == dtype
+    processor = AutoProcessor.from_pretrained(tmp_path / "m")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert f"<|im_start|>user\n{image_line}What colour is the shape?<|im_end|>\n<|im_start|>assistant\n" in prompt
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), "red")], return_tensors="pt")
+    assert int((inputs["input_ids"] == config.image_token_id).sum()) == 4
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "merge_proxy.testing", "tiny-vlm", str(tmp_path / "n"), "--family", "llava"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert wrong.returncode == 2 and "invalid choice: 'llava'" in wrong.stderr
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """What tests, the demo and users' own test suites need to run merge-proxy offline, for real.
 
-- :func:`build_tiny_vlm` (``merge_proxy.testing.tiny_vlm``): a tiny random Qwen2-VL checkpoint;
+- :func:`build_tiny_vlm` (``merge_proxy.testing.tiny_vlm``): a tiny random Qwen2-VL checkpoint, or
+  Qwen2.5-VL or InternVL3.5 (``TinyVLMSpec(family=...)``);
 - :func:`write_domains` (``merge_proxy.testing.domains``): synthetic visual domains for LLaMA-Factory
   and lmms-eval;
 - :class:`HubEmulator` (``merge_proxy.testing.hub``): a Hub-compatible server on 127.0.0.1;

@@ -1,6 +1,6 @@
 """``python -m merge_proxy.testing``: build the offline test kit from a shell.
 
-    python -m merge_proxy.testing tiny-vlm DIR [--seed N]
+    python -m merge_proxy.testing tiny-vlm DIR [--family qwen2_vl|qwen2_5_vl|internvl] [--seed N]
     python -m merge_proxy.testing domains DIR [--domains a,b] [--train N --eval M] [--seed N]
     python -m merge_proxy.testing hub --port P --data DIR [--token USER=TOKEN ...]
 
@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from merge_proxy.errors import MergeProxyError, describe_os_error
+from merge_proxy.testing.tiny_vlm import FAMILIES  # the module imports torch only when building
 
 
 def _tiny_vlm(args: argparse.Namespace) -> int:
-    from merge_proxy.testing.tiny_vlm import build_tiny_vlm
+    from merge_proxy.testing.tiny_vlm import TinyVLMSpec, build_tiny_vlm
 
-    model = build_tiny_vlm(args.dir, seed=args.seed)
+    model = build_tiny_vlm(args.dir, seed=args.seed, spec=TinyVLMSpec(family=args.family))
     print(model.path)
     return 0
 
@@ -67,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merge_proxy.testing", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("tiny-vlm", help="write a tiny random Qwen2-VL checkpoint")
+    p = sub.add_parser("tiny-vlm", help="write a tiny random vision-language checkpoint (Qwen2-VL by default)")
     p.add_argument("dir", type=Path)
+    p.add_argument("--family", choices=FAMILIES, default="qwen2_vl",
+                   help="qwen2_vl (default), qwen2_5_vl, or internvl (InternVL3.5 in transformers' format)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_tiny_vlm)
 

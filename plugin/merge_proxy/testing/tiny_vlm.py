@@ -1,10 +1,16 @@
-"""A tiny, randomly initialised Qwen2-VL built entirely offline.
+"""Tiny, randomly initialised vision-language models built entirely offline.
 
 Tests, the demo and our users' own test suites need a real vision-language model that the real
 LLaMA-Factory can LoRA-train and the real lmms-eval can evaluate, without a download: every file a Hub
-checkpoint of Qwen/Qwen2-VL-2B-Instruct has (config, safetensors weights, tokenizer, image and video
-processor configs, ChatML chat template, generation config) is produced here at toy size (~0.2 M
-parameters) in about a second, and bit-identically for a given seed.
+checkpoint has (config, safetensors weights, tokenizer, image and video processor configs, chat
+template, generation config) is produced here at toy size (~0.2 M parameters) in about a second, and
+bit-identically for a given seed. One builder per family our users fine-tune (``TinyVLMSpec.family``):
+
+- ``qwen2_vl``: Qwen2-VL as Qwen/Qwen2-VL-2B-Instruct ships it (the default);
+- ``qwen2_5_vl``: Qwen2.5-VL (windowed vision attention, SwiGLU vision MLP);
+- ``internvl``: InternVL3.5 in transformers' own format, as OpenGVLab/InternVL3_5-2B-HF ships it
+  (a Qwen3 language model with tied embeddings, tiles of 56 pixels, bf16 weights by default as the
+  real checkpoints; lmms-eval's ``internvl_hf`` loads in bf16 whatever the checkpoint holds).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+#: The families :func:`build_tiny_vlm` builds.
+FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "internvl")
 
 #: Qwen2-VL's special tokens, in the order the tiny tokenizer assigns them ids 0..7.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -47,6 +56,38 @@ CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: InternVL3.5's special tokens (its language model is Qwen3's, plus image tile delimiters), and the
+#: tokenizer attributes transformers' InternVLProcessor reads them from.
+INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>",
+)
+INTERNVL_TOKEN_ATTRIBUTES: dict[str, str] = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+
+#: The chat template of OpenGVLab's InternVL3.5 -HF checkpoints (transformers'
+#: convert_internvl_weights_to_hf.py): ChatML, no default system turn, one ``<IMG_CONTEXT>`` line
+#: per image, which the processor expands to a tile's tokens.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: LLaMA-Factory's intern_vl template trains with this default system prompt; the BPE learns it so
+#: that it costs a few tokens, not ~150 bytes, per training example.
+INTERNVL_DEFAULT_SYSTEM = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
 
 # Words the BPE is trained on: the synthetic domains' questions and answers plus common English, so
@@ -82,6 +123,20 @@ class TinyVLMSpec:
     min_pixels: int = 56 * 56
     max_pixels: int = 112 * 112
     mrope_section: tuple[int, int, int] = field(default=(2, 3, 3))
+    #: One of :data:`FAMILIES`.
+    family: str = "qwen2_vl"
+    #: The weights' dtype on disk; None: the family's (float32 for Qwen, bfloat16 for InternVL).
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown tiny VLM family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+
+    @property
+    def weights_dtype(self) -> str:
+        return self.dtype or ("bfloat16" if self.family == "internvl" else "float32")
 
 
 @dataclass(frozen=True)
@@ -92,83 +147,178 @@ class TinyVLM:
     seed: int
     num_parameters: int
     token_ids: dict[str, int]
+    family: str = "qwen2_vl"
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE with Qwen2-VL's special tokens and ChatML template, trained in-process.
+def special_tokens(family: str = "qwen2_vl") -> tuple[str, ...]:
+    return INTERNVL_SPECIAL_TOKENS if family == "internvl" else SPECIAL_TOKENS
 
-    Byte-level, as Qwen's own tokenizer, so any text (including text not in the training corpus)
-    round-trips exactly; the corpus only decides which words get single tokens.
+
+def build_tokenizer(vocab_size: int = 512, family: str = "qwen2_vl"):
+    """A byte-level BPE with the family's special tokens and chat template, trained in-process.
+
+    Byte-level, as Qwen's own tokenizer (which InternVL3.5 uses too), so any text (including text
+    not in the training corpus) round-trips exactly; the corpus only decides which words get single
+    tokens.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    tokens = special_tokens(family)
+    corpus = _CORPUS_WORDS + (INTERNVL_DEFAULT_SYSTEM if family == "internvl" else "")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS_WORDS] * 4, trainer=trainer)
+    tok.train_from_iterator([corpus] * 4, trainer=trainer)
+    if family == "internvl":
+        extra: dict = {"extra_special_tokens": dict(INTERNVL_TOKEN_ATTRIBUTES)}
+        template = INTERNVL_CHAT_TEMPLATE
+    else:
+        extra = {"additional_special_tokens": list(tokens[1:])}
+        template = CHAT_TEMPLATE
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        chat_template=CHAT_TEMPLATE,
+        chat_template=template,
         model_max_length=4096,
         padding_side="left",
         clean_up_tokenization_spaces=False,
+        **extra,
+    )
+
+
+def _text_config(spec: TinyVLMSpec, vocab_size: int, ids: dict[str, int]) -> dict:
+    return dict(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=4096,
+        vocab_size=vocab_size,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        initializer_range=spec.initializer_range,
+    )
+
+
+#: Qwen-VL vision patching: 14 px patches, 2 frames per temporal patch, 2x2 patches merged per token.
+_QWEN_PATCHES = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+
+
+def _qwen_vision_ids(ids: dict[str, int]) -> dict[str, int]:
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
 
 
 def _config(spec: TinyVLMSpec, vocab_size: int, ids: dict[str, int]):
+    """The family's transformers config at the spec's sizes."""
+    text = _text_config(spec, vocab_size, ids)
+    if spec.family == "internvl":
+        from transformers import InternVLConfig
+
+        return InternVLConfig(
+            # InternVL3.5-2B/8B: a Qwen3 language model (per-head q/k norms) with tied embeddings.
+            text_config=dict(
+                text, model_type="qwen3", head_dim=spec.hidden_size // spec.num_attention_heads,
+                tie_word_embeddings=True,
+            ),
+            vision_config=dict(
+                hidden_size=spec.vision_embed_dim,
+                intermediate_size=2 * spec.vision_embed_dim,
+                num_hidden_layers=spec.vision_depth,
+                num_attention_heads=spec.vision_num_heads,
+                image_size=[_INTERNVL_TILE, _INTERNVL_TILE],
+                patch_size=[14, 14],
+                initializer_range=spec.initializer_range,
+            ),
+            image_token_id=ids["<IMG_CONTEXT>"],
+            image_seq_length=_internvl_tokens_per_tile(),
+            downsample_ratio=0.5,
+            tie_word_embeddings=True,
+        )
+    text["rope_scaling"] = {"type": "mrope", "mrope_section": list(spec.mrope_section)}
+    if spec.family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        return Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(
+                depth=max(2, spec.vision_depth),  # one windowed block and one full-attention block
+                hidden_size=spec.vision_embed_dim,
+                intermediate_size=2 * spec.vision_embed_dim,
+                num_heads=spec.vision_num_heads,
+                out_hidden_size=spec.hidden_size,
+                **_QWEN_PATCHES,
+                window_size=56,
+                fullatt_block_indexes=[max(2, spec.vision_depth) - 1],
+                initializer_range=spec.initializer_range,
+            ),
+            **_qwen_vision_ids(ids),
+            tie_word_embeddings=False,
+            initializer_range=spec.initializer_range,
+        )
     from transformers import Qwen2VLConfig
 
     return Qwen2VLConfig(
-        text_config=dict(
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": list(spec.mrope_section)},
-            vocab_size=vocab_size,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            initializer_range=spec.initializer_range,
-        ),
+        text_config=text,
         vision_config=dict(
             depth=spec.vision_depth,
             embed_dim=spec.vision_embed_dim,
             hidden_size=spec.hidden_size,
             num_heads=spec.vision_num_heads,
             mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
+            **_QWEN_PATCHES,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_vision_ids(ids),
         tie_word_embeddings=False,
         initializer_range=spec.initializer_range,
     )
 
 
-def _processor(tokenizer, spec: TinyVLMSpec):
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+#: InternVL's tile side in pixels: one 56x56 image of the synthetic domains is one tile.
+_INTERNVL_TILE = 56
 
+
+def _internvl_tokens_per_tile() -> int:
+    """(tile / patch)^2 patches, pixel-shuffled 2x2 (downsample_ratio 0.5)."""
+    return (_INTERNVL_TILE // 14) ** 2 // 4
+
+
+def _processor(tokenizer, spec: TinyVLMSpec):
+    if spec.family == "internvl":
+        from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+        size = {"height": _INTERNVL_TILE, "width": _INTERNVL_TILE}
+        return InternVLProcessor(
+            image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, max_patches=12),
+            tokenizer=tokenizer,
+            video_processor=InternVLVideoProcessor(size=size),
+            image_seq_length=_internvl_tokens_per_tile(),
+            chat_template=INTERNVL_CHAT_TEMPLATE,
+        )
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if spec.family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as processor_class
+    else:
+        from transformers import Qwen2VLProcessor as processor_class
     image_processor = Qwen2VLImageProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
     # transformers 5's Qwen2VLProcessor refuses to build without a video processor, even for images.
-    return Qwen2VLProcessor(
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
@@ -176,8 +326,19 @@ def _processor(tokenizer, spec: TinyVLMSpec):
     )
 
 
+def model_class(family: str = "qwen2_vl"):
+    """The transformers class of a family's tiny model."""
+    import transformers
+
+    return getattr(transformers, {
+        "qwen2_vl": "Qwen2VLForConditionalGeneration",
+        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+        "internvl": "InternVLForConditionalGeneration",
+    }[family])
+
+
 def build_tiny_vlm(out_dir: str | Path, seed: int = 0, spec: TinyVLMSpec | None = None) -> TinyVLM:
-    """Write a tiny Qwen2-VL checkpoint to ``out_dir``, loadable by transformers' Auto classes.
+    """Write a tiny checkpoint of ``spec.family`` to ``out_dir``, loadable by transformers' Auto classes.
 
     The directory is written in a sibling temporary folder and renamed into place, so an interrupted
     build leaves no half-written model behind. The same seed gives byte-identical weights.
@@ -185,7 +346,7 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, spec: TinyVLMSpec | None 
     import tempfile
 
     import torch
-    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+    from transformers import GenerationConfig
 
     spec = spec or TinyVLMSpec()
     out = Path(out_dir)
@@ -193,13 +354,14 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, spec: TinyVLMSpec | None 
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = build_tokenizer(spec.bpe_vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    tokenizer = build_tokenizer(spec.bpe_vocab_size, spec.family)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special_tokens(spec.family)}
     config = _config(spec, len(tokenizer), ids)
     # Seeding around the constructor alone makes the weights depend on the seed and nothing else.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        model = model_class(spec.family)(config).eval()
+    model.to(getattr(torch, spec.weights_dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -218,5 +380,5 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, spec: TinyVLMSpec | None 
         if out.exists():
             out.rmdir()
         staging.rename(out)
-    logger.info("tiny Qwen2-VL (%d parameters, seed %d) written to %s", n_params, seed, out)
-    return TinyVLM(path=out, seed=seed, num_parameters=n_params, token_ids=ids)
+    logger.info("tiny %s (%d parameters, seed %d) written to %s", spec.family, n_params, seed, out)
+    return TinyVLM(path=out, seed=seed, num_parameters=n_params, token_ids=ids, family=spec.family)
