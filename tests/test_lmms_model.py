@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,29 +103,42 @@ def test_one_instance_remerged_across_mixtures_and_cached(tmp_path, tiny_vlm, do
     assert "weights=a=0,b=0,c=1" in repr(model) and str(tiny_vlm.path) in repr(model)
 
 
-@pytest.mark.parametrize(
-    "model_args, message",
-    [
-        ("experts=a={a},weights=a=1", "missing pretrained="),
-        ("pretrained={base},experts=a={a}", "missing weights="),
-        ("pretrained={base},experts=a={a};b={b},weights=a=0.5;b=0.6", "must sum to 1"),
-        ("pretrained={base},experts=a={a},weights=a=1,backend=nope", "backend 'nope' is not an lmms-eval model"),
-        ("pretrained={base},experts=a={a},weights=a=1,backend=vllm", "keeps the model outside this process"),
-        ("pretrained={base},experts=a={a},weights=a=1,bogus_key=1", "backend 'qwen2_vl' refused its arguments"),
-        ("pretrained={base},experts=a={a},weights=a=1,scale=half", "scale='half' is not a number"),
-    ],
-)
-def test_bad_arguments_fail_visibly(tmp_path, tiny_vlm, domains, lora_experts, model_args, message):
-    args = model_args.format(base=tiny_vlm.path, a=lora_experts["a"], b=lora_experts["b"])
+BAD_ARGUMENTS = [
+    ("experts=a={a},weights=a=1", "missing pretrained="),
+    ("pretrained={base},experts=a={a}", "missing weights="),
+    ("pretrained={base},experts=a={a};b={b},weights=a=0.5;b=0.6", "must sum to 1"),
+    ("pretrained={base},experts=a={a},weights=a=1,backend=nope", "backend 'nope' is not an lmms-eval model"),
+    ("pretrained={base},experts=a={a},weights=a=1,backend=vllm", "keeps the model outside this process"),
+    ("pretrained={base},experts=a={a},weights=a=1,bogus_key=1", "backend 'qwen2_vl' refused its arguments"),
+    ("pretrained={base},experts=a={a},weights=a=1,scale=half", "scale='half' is not a number"),
+]
+
+
+def test_bad_arguments_fail_visibly_through_the_cli(tmp_path, tiny_vlm, domains, lora_experts):
+    """lmms-eval's CLI swallows a model's exception (exit 0); ours is still on screen, and nothing is
+    evaluated or loaded."""
+    args = BAD_ARGUMENTS[2][0].format(base=tiny_vlm.path, a=lora_experts["a"], b=lora_experts["b"])
     proc = subprocess.run(
         [sys.executable, "-m", "lmms_eval", "--model", "merge_proxy", "--model_args", f"{args},{CPU}",
          "--tasks", domains.tasks["color"], "--include_path", str(domains.lmms_eval_dir),
          "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert message in proc.stdout + proc.stderr
+    assert "merge_proxy: linear merge weights must sum to 1, these sum to 1.1" in proc.stderr
     assert "Loading weights" not in proc.stdout + proc.stderr  # refused before the base model loads
     assert not list((tmp_path / "out").rglob("*_results.json")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize("model_args, message", BAD_ARGUMENTS)
+def test_bad_arguments_are_named_before_the_base_loads(capfd, tiny_vlm, lora_experts, model_args, message):
+    """Each bad model_arg, parsed as the CLI parses it (create_from_arg_string), in this process."""
+    from merge_proxy.errors import MergeProxyError
+    from merge_proxy.lmms_model import MergeProxyChat
+
+    args = model_args.format(base=tiny_vlm.path, a=lora_experts["a"], b=lora_experts["b"])
+    with pytest.raises(MergeProxyError, match=re.escape(message)):
+        MergeProxyChat.create_from_arg_string(f"{args},{CPU}")
+    assert "Loading weights" not in "".join(capfd.readouterr())
 
 
 def test_one_expert_at_weight_one_through_the_cli(tmp_path, tiny_vlm, domains, lora_experts):

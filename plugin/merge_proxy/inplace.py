@@ -4,6 +4,11 @@ Used by the lmms-eval model and by sweeps: the base is loaded once, the loaded t
 parameters some expert touches become theta_0 (kept, never written), each touched parameter gets
 storage of its own, and every (re-)merge writes just those parameters from theta_0. Nothing is
 written to disk.
+
+A backend may load the base in a narrower dtype than its checkpoint holds (lmms-eval's qwen2_5_vl
+and internvl_hf always load bf16). Merging onto those rounded tensors would give
+bf16(bf16(theta_0) + delta), where ``merge-proxy merge`` exports theta_0 + delta and the backend
+rounds it once: a different model. Such parameters take theta_0 from the checkpoint instead.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -19,7 +25,8 @@ from merge_proxy.engine import MergeError, MergeMethod, MergePlan, build_plan, n
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import ResolvedModel
 from merge_proxy.mixture import Mixture
-from merge_proxy.naming import ParameterNames
+from merge_proxy.naming import ParameterNames, read_safetensors_index
+from merge_proxy.safetensors_io import DTYPES, SafetensorsReader
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +70,13 @@ class InPlaceMerger:
         """
         if self._theta0:
             return
+        stored = rounded_on_load(self.plan, self._params)
         for name, param in self._params.items():
-            if self._keep_base_on is not None and not _same_device(self._keep_base_on, param.device):
+            if name in stored:  # the load rounded theta_0: keep the checkpoint's values, drop the rounded ones
+                reader, key = stored[name]
+                self._theta0[name] = reader.read(key).to(self._keep_base_on or param.device)
+                param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
+            elif self._keep_base_on is not None and not _same_device(self._keep_base_on, param.device):
                 self._theta0[name] = param.data.to(self._keep_base_on, copy=True)
             else:
                 self._theta0[name] = param.data
@@ -102,11 +114,43 @@ class InPlaceMerger:
             theta0 = self._theta0.pop(name, None)
             if theta0 is None:
                 continue
-            if theta0.device == param.device:
+            if theta0.device == param.device and theta0.dtype == param.dtype:
                 param.data = theta0
             else:
                 param.data.copy_(theta0)
         self.mixture = None
+
+
+def rounded_on_load(
+    plan: MergePlan, params: Mapping[str, torch.Tensor]
+) -> dict[str, tuple[SafetensorsReader, str]]:
+    """Where the base checkpoint stores theta_0 of the parameters the load changed the dtype of.
+
+    Only 16-bit loads can have rounded (a float32 load of a 16-bit checkpoint is exact); for them the
+    checkpoint's headers are read (no tensor data). Empty for a checkpoint loaded in its own dtype,
+    the usual case. The tensors are read one at a time by the caller.
+    """
+    narrowed = {name for name, p in params.items() if p.dtype in (torch.bfloat16, torch.float16)}
+    if not narrowed:
+        return {}
+    readers: dict[Path, SafetensorsReader] = {}
+    found: dict[str, tuple[SafetensorsReader, str]] = {}
+    for key, file in read_safetensors_index(plan.base.path).items():
+        name = plan.names.checkpoint_to_memory(key, converted_ok=True)
+        if name not in narrowed or name in found:
+            continue
+        reader = readers.get(file) or readers.setdefault(file, SafetensorsReader(file))
+        if DTYPES.get(reader.tensors[key].dtype, params[name].dtype) != params[name].dtype:
+            found[name] = (reader, key)
+    if found:
+        reader, key = next(iter(found.values()))
+        logger.info(
+            "the base was loaded in %s but its checkpoint stores %s: %d merged parameters start from the "
+            "checkpoint's values (%.0f MB kept), as `merge-proxy merge` does",
+            params[next(iter(found))].dtype, DTYPES[reader.tensors[key].dtype], len(found),
+            sum(r.tensors[k].nbytes for r, k in found.values()) / 2**20,
+        )
+    return found
 
 
 def _same_device(wanted: torch.device, actual: torch.device) -> bool:

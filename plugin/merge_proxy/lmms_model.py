@@ -286,8 +286,8 @@ class MergeProxyChat(MergeProxy):
 
 def proxy_class(backend: str | None) -> type[MergeProxy]:
     """The proxy class for a backend: simple where lmms-eval has a simple implementation of it,
-    chat where it has only a chat one (internvl_hf). ``None`` (the backend is chosen later from the
-    base's architecture) gets the simple class; recipes for chat-only backends name the backend."""
+    chat where it has only a chat one (internvl_hf). ``None`` gets the simple class (the sweep
+    names the backend, the recipe's or the base architecture's default, so it never passes None)."""
     if not backend:
         return MergeProxy
     from lmms_eval import models

@@ -209,10 +209,20 @@ class Evaluator:
                 )
         self._proxy = None
 
+    @cached_property
+    def backend(self) -> str:
+        """The recipe's backend, or the base architecture's default: it decides between lmms-eval's
+        simple and chat protocol (internvl_hf has only a chat one) before the proxy is built."""
+        if self.recipe.backend:
+            return self.recipe.backend
+        from merge_proxy.experts import ExpertSpec, resolve
+        from merge_proxy.lmms_model import MergeProxy
+
+        return MergeProxy._default_backend(resolve(ExpertSpec.parse(self.recipe.base), for_base=True))
+
     def _model_args(self) -> dict[str, Any]:
         args = dict(self.recipe.backend_args)
-        if self.recipe.backend:
-            args["backend"] = self.recipe.backend
+        args["backend"] = self.backend
         if self.chat_template:
             args["chat_template_from"] = self.chat_template
         return args
@@ -222,7 +232,7 @@ class Evaluator:
         from merge_proxy.lmms_model import proxy_class
 
         if self._proxy is None:
-            self._proxy = proxy_class(self.recipe.backend)(
+            self._proxy = proxy_class(self.backend)(
                 pretrained=self.recipe.base, experts=";".join(f"{n}={s}" for n, s in self.sources.items()),
                 weights=mixture.key().replace(",", ";"), method=self.recipe.method,
                 scale=self.recipe.scale, **self._model_args(),
@@ -240,7 +250,7 @@ class Evaluator:
 
         resolved = resolve(ExpertSpec.parse(source), for_base=True)  # a full one is loaded: tokenizer too
         if resolved.kind == "lora":
-            return proxy_class(self.recipe.backend)(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
+            return proxy_class(self.backend)(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
                               **self._model_args()), resolved.pinned_source
         from lmms_eval import models
 
