@@ -25,6 +25,7 @@ from merge_proxy.engine import MergeMethod
 from merge_proxy.export import export_full
 from merge_proxy.inplace import InPlaceMerger, rounded_on_load
 from merge_proxy.testing.experts import load_base, make_lora_expert
+from merge_proxy.testing.lmms import responses
 from merge_proxy.testing.tiny_vlm import TinyVLMSpec, build_tiny_vlm
 
 SCRIPTS = Path(sys.executable).parent
@@ -138,10 +139,6 @@ def test_full_expert_of_tied_embeddings_merges_and_stays_tied(tmp_path, internvl
     assert not torch.equal(state[embed], base[embed])
 
 
-def _responses(out: dict, task: str) -> dict[int, str]:
-    return {s["doc_id"]: s["filtered_resps"][0] for s in out["samples"][task]}
-
-
 @pytest.mark.slow
 def test_proxy_answers_as_the_families_backend_on_the_exported_merge(tmp_path, family, domains):
     """merge_proxy picks the family's lmms-eval backend from the architecture and answers exactly as
@@ -162,7 +159,7 @@ def test_proxy_answers_as_the_families_backend_on_the_exported_merge(tmp_path, f
     def evaluate(model, **kwargs) -> dict[str, dict[int, str]]:
         out = simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=True,
                               bootstrap_iters=0, **kwargs)
-        return {task: _responses(out, task) for task in tasks}
+        return {task: responses(out["samples"][task]) for task in tasks}
 
     merged = evaluate(proxy)
     args = ["--base", str(family.base.path), "--weights", "a=0.3,b=0.7", "--out", str(tmp_path / "merged")]

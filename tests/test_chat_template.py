@@ -92,7 +92,7 @@ def test_a_base_with_a_plain_template_answers_as_the_export_in_the_instruct_form
 
     def answers(model: str, args: str, name: str) -> dict[int, str]:
         run = run_lmms_eval(model, f"{args},{CPU}", [task], tmp_path / name, include_path=domains.lmms_eval_dir)
-        return {s["doc_id"]: s["filtered_resps"][0] for s in run.samples(task)}
+        return run.responses(task)
 
     instructed = answers("merge_proxy", f"pretrained={plain},{experts},chat_template_from={tiny_vlm.path}", "proxy")
     # `merge-proxy merge --chat-template-from` writes the same checkpoint the proxy serves.

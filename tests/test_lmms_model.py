@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from merge_proxy.testing.lmms import run_lmms_eval
+from merge_proxy.testing.lmms import responses, run_lmms_eval
 
 SCRIPTS = Path(sys.executable).parent
 CPU = "device_map=cpu,device=cpu"
 
 pytestmark = pytest.mark.slow
-
-
-def responses(run, task: str) -> dict[int, str]:
-    return {s["doc_id"]: s["filtered_resps"][0] for s in run.samples(task)}
 
 
 def export(tmp_path: Path, base: Path, experts: dict[str, Path], weights: str) -> Path:
@@ -47,10 +43,10 @@ def test_cli_equals_backend_on_the_exported_checkpoint(tmp_path, tiny_vlm, domai
     base = run_lmms_eval("qwen2_vl", f"pretrained={tiny_vlm.path},{CPU}", tasks, tmp_path / "base",
                          include_path=domains.lmms_eval_dir)
     for task in tasks:
-        assert responses(proxy, task) == responses(stock, task)
-        assert len(responses(proxy, task)) == domains.eval_size
+        assert proxy.responses(task) == stock.responses(task)
+        assert len(proxy.responses(task)) == domains.eval_size
     # The merge matters: the base answers differently.
-    assert any(responses(proxy, t) != responses(base, t) for t in tasks)
+    assert any(proxy.responses(t) != base.responses(t) for t in tasks)
     assert proxy.results["config"]["model"] == "merge_proxy"
 
 
@@ -80,7 +76,7 @@ def test_one_instance_remerged_across_mixtures_and_cached(tmp_path, tiny_vlm, do
     def evaluate(cache: Path | None) -> dict[int, str]:
         out = simple_evaluate(model=model, tasks=[task], task_manager=manager, log_samples=True,
                               use_cache=str(cache) if cache else None, bootstrap_iters=0)
-        return {s["doc_id"]: s["filtered_resps"][0] for s in out["samples"][task]}
+        return responses(out["samples"][task])
 
     mixtures = ["a=0.2;b=0.3;c=0.5", "a=0.6;b=0.1;c=0.3", "a=0;b=0;c=1"]
     seen = []
@@ -97,7 +93,7 @@ def test_one_instance_remerged_across_mixtures_and_cached(tmp_path, tiny_vlm, do
         stock_dir = export(tmp_path, tiny_vlm.path, lora_experts, weights.replace(";", ","))
         stock = simple_evaluate(model="qwen2_vl", model_args=f"pretrained={stock_dir},{CPU}", tasks=[task],
                                 task_manager=manager, log_samples=True, bootstrap_iters=0)
-        assert first == {s["doc_id"]: s["filtered_resps"][0] for s in stock["samples"][task]}
+        assert first == responses(stock["samples"][task])
         seen.append(first)
     assert len({tuple(sorted(s.items())) for s in seen}) > 1
     assert "weights=a=0,b=0,c=1" in repr(model) and str(tiny_vlm.path) in repr(model)
@@ -145,7 +141,7 @@ def test_one_expert_at_weight_one_through_the_cli(tmp_path, tiny_vlm, domains, l
     """lmms-eval hands ``weights=1`` over as the int 1 (the single-expert baseline): still a mixture."""
     run = run_lmms_eval("merge_proxy", f"pretrained={tiny_vlm.path},experts={lora_experts['a']},weights=1,{CPU}",
                         [domains.tasks["color"]], tmp_path / "one", include_path=domains.lmms_eval_dir)
-    assert len(responses(run, domains.tasks["color"])) == domains.eval_size
+    assert len(run.responses(domains.tasks["color"])) == domains.eval_size
 
 
 def test_identity_tells_apart_backend_arguments_and_retrained_local_experts(tmp_path, tiny_vlm, lora_experts):

@@ -178,7 +178,7 @@ def test_lmms_eval_cli_evaluates_the_tiny_model_on_a_synthetic_task(tmp_path: Pa
         assert 0.0 <= run.metric(task) <= 1.0
         samples = run.samples(task)
         assert len(samples) == domains.eval_size
-        assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+        assert all(isinstance(answer, str) for answer in run.responses(task).values())
         assert sorted(s["target"] for s in samples) == sorted(
             json.loads(line)["answer"]
             for line in (domains.lmms_eval_dir / domain / "data.jsonl").read_text().splitlines()

@@ -37,6 +37,23 @@ class LmmsEvalRun:
         lines = self.samples_files[task].read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def responses(self, task: str) -> dict[int, str]:
+        """doc_id -> the model's (filtered) answer to it."""
+        return responses(self.samples(task))
+
+
+def response(sample: Mapping) -> str:
+    """A sample's filtered answer: lmms-eval 0.7.3 keeps ``filtered_resps`` a list in memory
+    (``simple_evaluate(...)["samples"]``) but writes a single answer as a plain string to the
+    samples file, where indexing it would give its first character."""
+    answer = sample["filtered_resps"]
+    return answer if isinstance(answer, str) else answer[0]
+
+
+def responses(samples: Sequence[Mapping]) -> dict[int, str]:
+    """doc_id -> answer, for the samples of one task (from a samples file or ``simple_evaluate``)."""
+    return {sample["doc_id"]: response(sample) for sample in samples}
+
 
 def lmms_eval_command(
     model: str,
