@@ -129,7 +129,12 @@ def test_every_source_is_checked_before_the_first_download(hub_api, hub, tiny_vl
     [
         ("x=tester/secret", "repository tester/secret not found on http://127.0.0.1:.*or private.*HF_TOKEN"),
         ("x=tester/public@nope", "revision 'nope' of tester/public not found"),
-        ("x=no-such-dir/and-no-repo", "repository no-such-dir/and-no-repo not found"),
+        ("x=no-such-dir/and-no-repo", "no directory 'no-such-dir/and-no-repo' in .*, and as a Hub source: "
+                                      "repository no-such-dir/and-no-repo not found"),
+        # a local folder not built yet (the reference's converted InternVL base) reads as repo + subfolder
+        ("x=checkpoints/base_models/InternVL3_5-2B-Pretrained-HF",
+         "no directory 'checkpoints/base_models/InternVL3_5-2B-Pretrained-HF' in .*repository checkpoints/base_models "
+         "not found"),
         ("x=./not/a/dir/../x", "neither an existing directory nor a Hub repo id"),
     ],
 )

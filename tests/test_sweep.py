@@ -157,6 +157,9 @@ def test_shipped_recipes_load_with_the_papers_counts():
         assert (mme.metric_names, mme.max_score, mme.weight) == (("mme_cognition_score", "mme_perception_score"), 2800, 1)
         qwen_base = recipe.base.startswith("Qwen/Qwen2-VL-") and "Instruct" not in recipe.base
         assert (recipe.chat_template_from == "Qwen/Qwen2-VL-7B-Instruct") == qwen_base
+        if path.name.startswith("internvl"):  # the reference's local conversion of the -Pretrained weights
+            size = path.stem.split("-")[1].upper()
+            assert recipe.base == f"checkpoints/base_models/InternVL3_5-{size}-Pretrained-HF"
 
 
 def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypatch):

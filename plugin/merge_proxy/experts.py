@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from merge_proxy.errors import MergeProxyError
-from merge_proxy.hub import HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision
+from merge_proxy.hub import (
+    HubError, HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision,
+)
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
@@ -205,7 +207,12 @@ def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOpt
     # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the reference
     # mixture models) are addressed by the folder after the repo id.
     repo_id, subfolder = _split_subfolder(spec.source)
-    sha, files = repo_files(repo_id, spec.revision, hub)
+    try:
+        sha, files = repo_files(repo_id, spec.revision, hub)
+    except HubError as err:  # a local path mistyped or not built yet reads as a Hub id: say both
+        raise HubError(
+            f"{label}: no directory {str(local)!r} in {Path.cwd()}, and as a Hub source: {err}"
+        ) from None
     if not is_commit_sha(sha):
         raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
     if subfolder:
