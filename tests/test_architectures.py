@@ -1,5 +1,5 @@
 """The other families our users fine-tune, on tiny models: Qwen2.5-VL, and InternVL3.5 in
-transformers' format (a Qwen3 language model with tied embeddings, bf16 weights, and an lmms-eval
+transformers' format (a Qwen3 language model with tied embeddings as in the 2B, bf16 weights, and an lmms-eval
 backend, internvl_hf, that has only a chat protocol and always loads bf16).
 
 The Qwen2-VL suites cover every path in depth; these check what differs per family against the same
@@ -10,6 +10,7 @@ exported model), tied weights, LLaMA-Factory's own adapter, the backend chosen f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from test_merge_engine import assert_close_rel, peft_reference, plan_for
 from merge_proxy.engine import MergeMethod
 from merge_proxy.export import export_full
 from merge_proxy.inplace import InPlaceMerger, rounded_on_load
+from merge_proxy.safetensors_io import SafetensorsReader
 from merge_proxy.testing.experts import load_base, make_lora_expert
 from merge_proxy.testing.lmms import responses
 from merge_proxy.testing.tiny_vlm import TinyVLMSpec, build_tiny_vlm
@@ -83,31 +85,59 @@ def test_lora_export_equals_peft_cat_merge(tmp_path, family):
             assert torch.equal(ours[key], base[key]), key
 
 
-def test_in_place_merge_in_the_backends_dtype_is_the_export_rounded_once(tmp_path, family):
+def test_in_place_merge_in_the_backends_dtype_is_the_export_rounded_once(tmp_path, monkeypatch, family):
     """The backend loads bf16 whatever the checkpoint stores: merged in memory, the model equals the
     exported merge as the backend loads it (rounded once), and the base comes back exactly."""
     plan = plan_for(family.base.path, family.experts)
     method = MergeMethod()
     export_full(plan, plan.mixture(WEIGHTS, method), method, tmp_path / "merged", dtype="float32")
     exported = load_base(tmp_path / "merged", dtype=torch.bfloat16).state_dict()
+    fresh = load_base(family.base.path, dtype=torch.bfloat16).state_dict()
 
     model = load_base(family.base.path, dtype=torch.bfloat16)
-    stored = rounded_on_load(plan, {n: p for n, p in model.named_parameters() if n in plan.touched})
+    touched = {n: p for n, p in model.named_parameters() if n in plan.touched}
     # A float32 checkpoint loaded in bf16: the merged parameters start from the stored float32 values.
-    assert len(stored) == (14 if family.name == "qwen2_5_vl" else 0)
+    assert len(rounded_on_load(plan, touched)) == (14 if family.name == "qwen2_5_vl" else 0)
     merger = InPlaceMerger(model, plan_for(family.base.path, family.experts))
+    # A checkpoint read failing part-way leaves the base in place and the merger usable.
+    real_read, calls = SafetensorsReader.read, []
+
+    def failing_read(self, key):
+        calls.append(key)
+        if len(calls) == 5:
+            raise OSError("disk gone")
+        return real_read(self, key)
+
+    monkeypatch.setattr(SafetensorsReader, "read", failing_read)
+    if family.name == "qwen2_5_vl":
+        with pytest.raises(OSError, match="disk gone"):
+            merger.merge(WEIGHTS)
+        assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+    monkeypatch.setattr(SafetensorsReader, "read", real_read)
     merger.merge(WEIGHTS)
     merged = model.state_dict()
     for key, value in exported.items():
         assert torch.equal(merged[key], value), key
     merger.restore_base()
-    fresh = load_base(family.base.path, dtype=torch.bfloat16).state_dict()
     for key, value in model.state_dict().items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, fresh[key]), key
 
 
+def test_quantized_checkpoints_keep_the_loaded_theta0(tmp_path, families):
+    """An FP8/int checkpoint's stored tensors are codes, not weights: never read as theta_0."""
+    family = families("qwen2_5_vl")
+    quantized = tmp_path / "base"  # the experts declare a folder named base
+    shutil.copytree(family.base.path, quantized)
+    config = json.loads((quantized / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (quantized / "config.json").write_text(json.dumps(config))
+    plan = plan_for(quantized, family.experts)
+    model = load_base(family.base.path, dtype=torch.bfloat16)
+    assert rounded_on_load(plan, {n: p for n, p in model.named_parameters() if n in plan.touched}) == {}
+
+
 def test_full_expert_of_tied_embeddings_merges_and_stays_tied(tmp_path, internvl):
-    """InternVL3.5 (and Qwen2-VL-2B) tie the output head to the embeddings; a full expert that
+    """InternVL3.5-2B and Qwen2-VL-2B tie the output head to the embeddings; a full expert that
     changed them is merged once, and the export keeps the head tied rather than writing a copy."""
     family = internvl
     expert = load_base(family.base.path)
@@ -138,6 +168,16 @@ def test_full_expert_of_tied_embeddings_merges_and_stays_tied(tmp_path, internvl
     embed = "model.language_model.embed_tokens.weight"
     assert not torch.equal(state[embed], base[embed])
 
+    # In memory: the same values, the head still the embeddings, and the base back after a restore.
+    model = load_base(family.base.path)
+    merger = InPlaceMerger(model, plan_for(family.base.path, experts))
+    merger.merge(weights)
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    merger.restore_base()
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+
 
 @pytest.mark.slow
 def test_proxy_answers_as_the_families_backend_on_the_exported_merge(tmp_path, family, domains):
@@ -167,7 +207,13 @@ def test_proxy_answers_as_the_families_backend_on_the_exported_merge(tmp_path, f
         args += ["--expert", f"{name}={path}"]
     proc = subprocess.run([str(SCRIPTS / "merge-proxy"), "merge", *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    stock = evaluate(BACKENDS[family.name], model_args=f"pretrained={tmp_path / 'merged'},device_map=cpu,device=cpu")
+    from lmms_eval import models
+
+    backend = models.get_model(BACKENDS[family.name])(pretrained=str(tmp_path / "merged"), device_map="cpu", device="cpu")
+    # The very weights the backend loads from the exported merge (answers alone hide last-bit differences).
+    ours, theirs = proxy.merger.model.state_dict(), backend.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    stock = evaluate(backend)
     assert merged == stock
     assert all(len(r) == domains.eval_size for r in merged.values())
     proxy.merger.restore_base()

@@ -273,14 +273,16 @@ def resolve(
     allow_pickle: bool = False,
     for_base: bool = False,
     hub: HubOptions | None = None,
+    weights: bool = True,
 ) -> ResolvedModel:
     """Locate (and fetch, for a Hub source) one expert or the base model.
 
     The name is the spec's, else the domain in expert.json, else ``expert<position>``.
+    ``weights=False`` fetches a Hub base without its weights (its config, to read the architecture).
     """
     hub = hub or HubOptions()
     located = _locate(spec, allow_pickle=allow_pickle, for_base=for_base, hub=hub)
-    return _fetch(located, position=position, allow_pickle=allow_pickle, hub=hub)
+    return _fetch(located, position=position, allow_pickle=allow_pickle, hub=hub, weights=weights)
 
 
 def pin_source(source: str, hub: HubOptions | None = None) -> str:

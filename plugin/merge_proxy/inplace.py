@@ -5,10 +5,10 @@ parameters some expert touches become theta_0 (kept, never written), each touche
 storage of its own, and every (re-)merge writes just those parameters from theta_0. Nothing is
 written to disk.
 
-A backend may load the base in a narrower dtype than its checkpoint holds (lmms-eval's qwen2_5_vl
-and internvl_hf always load bf16). Merging onto those rounded tensors would give
-bf16(bf16(theta_0) + delta), where ``merge-proxy merge`` exports theta_0 + delta and the backend
-rounds it once: a different model. Such parameters take theta_0 from the checkpoint instead.
+A backend may load a float32 base in 16 bits (lmms-eval's qwen2_5_vl and internvl_hf always load
+bf16). Merging onto those rounded tensors would give bf16(bf16(theta_0) + delta), where
+``merge-proxy merge`` exports theta_0 + delta and the backend rounds it once: a different model.
+Such parameters take theta_0 from the checkpoint instead (kept in float32, 4 bytes per weight).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import ResolvedModel
 from merge_proxy.mixture import Mixture
 from merge_proxy.naming import ParameterNames, read_safetensors_index
-from merge_proxy.safetensors_io import DTYPES, SafetensorsReader
+from merge_proxy.safetensors_io import SafetensorsReader
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +66,29 @@ class InPlaceMerger:
         """Keep the loaded tensors as theta_0 and give each touched parameter fresh storage.
 
         A swap, not a copy: on a GPU it saves a device-wide copy, on a CPU the loaded tensors may be
-        memory-mapped from the checkpoint and stay so (read, never written).
+        memory-mapped from the checkpoint and stay so (read, never written). A failure part-way (a
+        checkpoint read) puts back what was detached, so the merger stays usable.
         """
         if self._theta0:
             return
         stored = rounded_on_load(self.plan, self._params)
-        for name, param in self._params.items():
-            if name in stored:  # the load rounded theta_0: keep the checkpoint's values, drop the rounded ones
-                reader, key = stored[name]
-                self._theta0[name] = reader.read(key).to(self._keep_base_on or param.device)
-                param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
-            elif self._keep_base_on is not None and not _same_device(self._keep_base_on, param.device):
-                self._theta0[name] = param.data.to(self._keep_base_on, copy=True)
-            else:
-                self._theta0[name] = param.data
-                param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
+        try:
+            for name, param in self._params.items():
+                keep_on = self._keep_base_on
+                if keep_on is None or _same_device(keep_on, param.device):
+                    keep_on = param.device
+                if name in stored:  # the load rounded theta_0: keep the checkpoint's values, not the rounded ones
+                    reader, key = stored[name]
+                    self._theta0[name] = reader.read(key).to(keep_on)
+                    param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
+                elif keep_on != param.device:
+                    self._theta0[name] = param.data.to(keep_on, copy=True)
+                else:
+                    self._theta0[name] = param.data
+                    param.data = torch.empty_like(param.data, memory_format=torch.contiguous_format)
+        except BaseException:
+            self.restore_base()
+            raise
 
     @torch.no_grad()
     def merge(self, weights: Mixture | Mapping[str, float] | str, method: MergeMethod | None = None) -> Mixture:
@@ -124,14 +132,15 @@ class InPlaceMerger:
 def rounded_on_load(
     plan: MergePlan, params: Mapping[str, torch.Tensor]
 ) -> dict[str, tuple[SafetensorsReader, str]]:
-    """Where the base checkpoint stores theta_0 of the parameters the load changed the dtype of.
+    """Where a float32 base checkpoint stores theta_0 of the parameters the load rounded to 16 bits.
 
-    Only 16-bit loads can have rounded (a float32 load of a 16-bit checkpoint is exact); for them the
+    Only float32 (or float64) weights loaded in bf16/fp16 are rounded by the load; for them the
     checkpoint's headers are read (no tensor data). Empty for a checkpoint loaded in its own dtype,
-    the usual case. The tensors are read one at a time by the caller.
+    the usual case, and for quantized checkpoints (an FP8 or int tensor is no theta_0 without its
+    scales). The tensors are read one at a time by the caller.
     """
     narrowed = {name for name, p in params.items() if p.dtype in (torch.bfloat16, torch.float16)}
-    if not narrowed:
+    if not narrowed or getattr(plan.names.config, "quantization_config", None):
         return {}
     readers: dict[Path, SafetensorsReader] = {}
     found: dict[str, tuple[SafetensorsReader, str]] = {}
@@ -140,15 +149,13 @@ def rounded_on_load(
         if name not in narrowed or name in found:
             continue
         reader = readers.get(file) or readers.setdefault(file, SafetensorsReader(file))
-        if DTYPES.get(reader.tensors[key].dtype, params[name].dtype) != params[name].dtype:
+        if reader.tensors[key].dtype in ("F32", "F64"):
             found[name] = (reader, key)
     if found:
-        reader, key = next(iter(found.values()))
         logger.info(
-            "the base was loaded in %s but its checkpoint stores %s: %d merged parameters start from the "
+            "the base was loaded in %s but its checkpoint stores float32: %d merged parameters start from the "
             "checkpoint's values (%.0f MB kept), as `merge-proxy merge` does",
-            params[next(iter(found))].dtype, DTYPES[reader.tensors[key].dtype], len(found),
-            sum(r.tensors[k].nbytes for r, k in found.values()) / 2**20,
+            params[next(iter(found))].dtype, len(found), sum(r.tensors[k].nbytes for r, k in found.values()) / 2**20,
         )
     return found
 

@@ -212,13 +212,14 @@ class Evaluator:
     @cached_property
     def backend(self) -> str:
         """The recipe's backend, or the base architecture's default: it decides between lmms-eval's
-        simple and chat protocol (internvl_hf has only a chat one) before the proxy is built."""
+        simple and chat protocol (internvl_hf has only a chat one) before the proxy is built. Only
+        the base's config is fetched here: the proxy checks every expert before the weights come."""
         if self.recipe.backend:
             return self.recipe.backend
         from merge_proxy.experts import ExpertSpec, resolve
         from merge_proxy.lmms_model import MergeProxy
 
-        return MergeProxy._default_backend(resolve(ExpertSpec.parse(self.recipe.base), for_base=True))
+        return MergeProxy._default_backend(resolve(ExpertSpec.parse(self.recipe.base), for_base=True, weights=False))
 
     def _model_args(self) -> dict[str, Any]:
         args = dict(self.recipe.backend_args)

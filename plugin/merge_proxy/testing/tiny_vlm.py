@@ -9,7 +9,7 @@ bit-identically for a given seed. One builder per family our users fine-tune (``
 - ``qwen2_vl``: Qwen2-VL as Qwen/Qwen2-VL-2B-Instruct ships it (the default);
 - ``qwen2_5_vl``: Qwen2.5-VL (windowed vision attention, SwiGLU vision MLP);
 - ``internvl``: InternVL3.5 in transformers' own format, as OpenGVLab/InternVL3_5-2B-HF ships it
-  (a Qwen3 language model with tied embeddings, tiles of 56 pixels, bf16 weights by default as the
+  (a Qwen3 language model with tied embeddings as in the 2B, tiles of 56 pixels, bf16 weights by default as the
   real checkpoints; lmms-eval's ``internvl_hf`` loads in bf16 whatever the checkpoint holds).
 """
 
@@ -231,7 +231,7 @@ def _config(spec: TinyVLMSpec, vocab_size: int, ids: dict[str, int]):
         from transformers import InternVLConfig
 
         return InternVLConfig(
-            # InternVL3.5-2B/8B: a Qwen3 language model (per-head q/k norms) with tied embeddings.
+            # InternVL3.5: a Qwen3 language model (per-head q/k norms); the 2B ties its embeddings (the 8B does not).
             text_config=dict(
                 text, model_type="qwen3", head_dim=spec.hidden_size // spec.num_attention_heads,
                 tie_word_embeddings=True,
