@@ -23,7 +23,7 @@ from safetensors import safe_open
 from test_merge_engine import assert_close_rel, peft_reference, plan_for
 
 from merge_proxy.engine import MergeMethod
-from merge_proxy.export import export_full
+from merge_proxy.export import export_full, export_lora
 from merge_proxy.inplace import InPlaceMerger, rounded_on_load
 from merge_proxy.safetensors_io import SafetensorsReader
 from merge_proxy.testing.experts import load_base, make_lora_expert
@@ -83,6 +83,31 @@ def test_lora_export_equals_peft_cat_merge(tmp_path, family):
         assert_close_rel(ours[key], reference[key], name=key)
         if key not in changed:
             assert torch.equal(ours[key], base[key]), key
+
+
+def test_lora_format_gives_the_full_merges_logits(tmp_path, family):
+    """`--format lora` on each family: ONE adapter PEFT loads onto the base, as the full merge."""
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    plan = plan_for(family.base.path, family.experts)
+    method = MergeMethod()
+    mixture = plan.mixture(WEIGHTS, method)
+    export_full(plan, mixture, method, tmp_path / "full", dtype="float32")
+    assert export_lora(plan, mixture, method, tmp_path / "lora").tensors_merged == 14
+    processor = AutoProcessor.from_pretrained(family.base.path)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), "blue")], return_tensors="pt")
+    with torch.no_grad():
+        full_logits = load_base(tmp_path / "full")(**inputs).logits
+        adapter = PeftModel.from_pretrained(load_base(family.base.path), tmp_path / "lora").eval()
+        lora_logits = adapter(**inputs).logits
+        base_logits = load_base(family.base.path)(**inputs).logits
+    assert not torch.allclose(base_logits, full_logits, atol=1e-2)
+    # float32 W x + B (A x) against (W + B A) x, with these experts' large deltas
+    torch.testing.assert_close(lora_logits, full_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_in_place_merge_in_the_backends_dtype_is_the_export_rounded_once(tmp_path, monkeypatch, family):
