@@ -97,6 +97,10 @@ def test_sources_are_pinned_to_commits_without_downloading(hub_api, hub, lora_ex
     assert pin_source(f"tester/moving@{first}", hub) == f"tester/moving@{first}"
     assert pin_source("tester/moving@main", hub) != f"tester/moving@{first}"
     assert pin_source(str(lora_experts["a"]), hub) == str(lora_experts["a"])
+    # The SLURM submitter pins the base before queueing: a local folder not built yet fails there, saying so
+    with pytest.raises(MergeProxyError, match=r"no directory 'checkpoints/base_models/X' in .*, and as a Hub "
+                                              r"source: repository checkpoints/base_models not found"):
+        pin_source("checkpoints/base_models/X", hub)
     assert not list(Path(hub.cache_dir).rglob("*.safetensors"))
 
 

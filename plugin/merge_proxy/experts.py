@@ -119,6 +119,20 @@ def _is_hub_source(source: str) -> bool:
     return source.count("/") >= 1 and looks_like_repo_id(repo_id) and ".." not in subfolder.split("/")
 
 
+def _hub_files(
+    source: str, repo_id: str, revision: str | None, hub: HubOptions, label: str = ""
+) -> tuple[str, list[str]]:
+    """``repo_files`` of a source that is no local directory; a local path mistyped or not built yet
+    reads as a Hub id (``checkpoints/base_models/X`` as repo ``checkpoints/base_models``), so a
+    failure names both readings."""
+    try:
+        return repo_files(repo_id, revision, hub)
+    except HubError as err:
+        raise HubError(
+            f"{label}no directory {str(Path(source).expanduser())!r} in {Path.cwd()}, and as a Hub source: {err}"
+        ) from None
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -207,12 +221,7 @@ def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOpt
     # ORG/NAME or ORG/NAME/SUB/FOLDER: repositories holding one model per subfolder (the reference
     # mixture models) are addressed by the folder after the repo id.
     repo_id, subfolder = _split_subfolder(spec.source)
-    try:
-        sha, files = repo_files(repo_id, spec.revision, hub)
-    except HubError as err:  # a local path mistyped or not built yet reads as a Hub id: say both
-        raise HubError(
-            f"{label}: no directory {str(local)!r} in {Path.cwd()}, and as a Hub source: {err}"
-        ) from None
+    sha, files = _hub_files(spec.source, repo_id, spec.revision, hub, f"{label}: ")
     if not is_commit_sha(sha):
         raise ExpertError(f"{label}: the Hub answered commit {sha!r}, not a 40-hex sha")
     if subfolder:
@@ -296,7 +305,7 @@ def pin_source(source: str, hub: HubOptions | None = None) -> str:
     if Path(spec.source).expanduser().is_dir() or not _is_hub_source(spec.source):
         return source
     repo_id, _ = _split_subfolder(spec.source)
-    sha, _ = repo_files(repo_id, spec.revision, hub or HubOptions())
+    sha, _ = _hub_files(spec.source, repo_id, spec.revision, hub or HubOptions())
     return f"{spec.source}@{sha}"
 
 
