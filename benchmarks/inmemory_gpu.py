@@ -51,17 +51,10 @@ def main() -> None:
                        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                        mrope_section=(quarter // 4, (quarter - quarter // 4) // 2,
                                       quarter - quarter // 4 - (quarter - quarter // 4) // 2),
-                       initializer_range=0.02)
+                       initializer_range=0.02, dtype="bfloat16")  # as VLM checkpoints ship
     t0 = time.perf_counter()
-    base = build_tiny_vlm(work / "base", seed=0, spec=spec)
-    # The checkpoint as VLM checkpoints ship: bf16.
-    model = AutoModelForImageTextToText.from_pretrained(base.path, dtype=torch.bfloat16)
-    model.save_pretrained(work / "base-bf16")
-    from transformers import AutoProcessor
-
-    AutoProcessor.from_pretrained(base.path).save_pretrained(work / "base-bf16")
-    del model
-    experts = {f"e{i}": make_lora_expert(work / "base-bf16", work / f"e{i}", seed=i, r=16, lora_alpha=32)
+    base = build_tiny_vlm(work / "base-bf16", seed=0, spec=spec)
+    experts = {f"e{i}": make_lora_expert(base.path, work / f"e{i}", seed=i, r=16, lora_alpha=32)
                for i in range(4)}
     print(f"built {base.num_parameters / 1e9:.2f} B parameters and 4 LoRA experts in {time.perf_counter() - t0:.0f} s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
