@@ -123,7 +123,7 @@ def test_in_place_merge_in_the_backends_dtype_is_the_export_rounded_once(tmp_pat
     touched = {n: p for n, p in model.named_parameters() if n in plan.touched}
     # A float32 checkpoint loaded in bf16: the merged parameters start from the stored float32 values.
     assert len(rounded_on_load(plan, touched)) == (14 if family.name == "qwen2_5_vl" else 0)
-    merger = InPlaceMerger(model, plan_for(family.base.path, family.experts))
+    merger = InPlaceMerger(model, plan)
     # A checkpoint read failing part-way leaves the base in place and the merger usable.
     real_read, calls = SafetensorsReader.read, []
 
@@ -195,7 +195,7 @@ def test_full_expert_of_tied_embeddings_merges_and_stays_tied(tmp_path, internvl
 
     # In memory: the same values, the head still the embeddings, and the base back after a restore.
     model = load_base(family.base.path)
-    merger = InPlaceMerger(model, plan_for(family.base.path, experts))
+    merger = InPlaceMerger(model, plan)
     merger.merge(weights)
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
