@@ -87,7 +87,7 @@ def _render_card(ctx: dict) -> str:
 EXPECTED_PLOTS = {
     "two_domain": {"score_vs_weight.png", "proxy_vs_truth.png"},
     "three_domain": {"ternary_aggregate.png", "proxy_vs_truth.png"},
-    "four_domain": {"proxy_vs_truth.png"},
+    "four_domain": {"score_vs_domain_weights.png", "proxy_vs_truth.png"},
 }
 
 
@@ -102,7 +102,8 @@ def test_report_and_card_render(tmp_path, key):
     best = max(means, key=means.get)
     assert result.analysis.recommended.mixture_id == best
     assert result.out_dir == out.absolute()
-    assert sorted(p.name for p in out.iterdir()) == sorted({"report.md", "analysis.json"} | EXPECTED_PLOTS[key])
+    assert sorted(p.name for p in out.iterdir()) == sorted({"report.md", "analysis.json", "ranking.csv"}
+                                                           | EXPECTED_PLOTS[key])
     assert {p.name for p in result.plots} == EXPECTED_PLOTS[key]
     for p in result.plots:
         _assert_png(p)
@@ -469,3 +470,85 @@ def test_proxy_vs_truth_plot_marks_every_tied_pick(tmp_path, monkeypatch):
     fig = dict(figures)["proxy_vs_truth.png"]
     labels = {h.get_label(): h for h in fig.axes[0].collections}
     assert len(labels["proxy's pick (tie of 6)"].get_offsets()) == 6
+
+
+def _dirichlet_sweep(tmp_path: Path, n: int, trained: list[int], *, tied: bool = False, incomplete: int = 0):
+    """A Dirichlet sweep of ``n`` mixtures over 4 domains on 2 benchmarks; the mixtures at the indices
+    ``trained`` have truth; the last ``incomplete`` mixtures lack benchmark ``y``. ``tied``: every proxy
+    score is equal."""
+    names = ("ocr", "chart", "general", "caption")
+    rng = np.random.default_rng(1)
+    precs, trecs = [], []
+    for i in range(n):
+        mix = Mixture.from_mapping(dict(zip(names, np.round(rng.dirichlet(np.ones(4)), 4).tolist())))
+        for b in ("x", "y"):
+            if b == "y" and i >= n - incomplete:
+                continue
+            s = 0.5 if tied else float(rng.uniform())
+            precs.append(JournalRecord("proxy", mix.key(), mix.as_dict(), b, s))
+            if i in trained:
+                trecs.append(JournalRecord("truth", mix.key(), mix.as_dict(), b, s + float(rng.normal(0, 0.05))))
+    return _journal(tmp_path / "p.jsonl", precs), _journal(tmp_path / "t.jsonl", trecs)
+
+
+def test_large_sweep_report_stays_readable_and_ranking_csv_holds_every_mixture(tmp_path, caplog):
+    """Thousands of mixtures (here 130): report.md shows the top 50 and then every trained mixture ranked
+    lower, names the untrained ones by count, ranking.csv holds all of them with the analysis's exact
+    numbers, 4 domains get the per-domain plot, and no log line lists every mixture."""
+    import csv
+    import logging
+
+    proxy, truth = _dirichlet_sweep(tmp_path, 130, trained=list(range(0, 130, 10)))
+    with caplog.at_level(logging.INFO, logger="merge_proxy"):
+        result = write_report(proxy, truth, tmp_path / "out", n_boot=50)
+    assert max(len(r.getMessage()) for r in caplog.records) < 2000
+    a = result.analysis
+    md = result.report.read_text()
+    ranking = md.split("## Ranking")[1].split("\n## ")[0]
+    assert "The top 50 of 130 mixtures by aggregate proxy score, then every lower-ranked mixture that was trained" in ranking
+    assert "`ranking.csv` holds all 130." in ranking
+    rows = [line for line in ranking.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    trained_below = [m for m in a.mixtures[50:] if m.truth_aggregate is not None]
+    assert trained_below  # the test must cover the rows after the gap
+    assert [r.split("|")[1].strip() for r in rows] == \
+        [str(i) for i in range(1, 51)] + ["⋮"] + [str(m.rank) for m in trained_below]
+    assert all(r.count("|") == rows[0].count("|") for r in rows)  # the gap row has every column
+    assert "Without a truth run (left out of the comparison): 117 mixture(s), " in md
+    assert "and 107 more." in md
+    assert "score_vs_domain_weights.png" in md
+    _assert_png(result.out_dir / "score_vs_domain_weights.png")
+
+    with open(result.out_dir / "ranking.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["rank", "mixture_id", "weight/caption", "weight/chart", "weight/general",
+                              "weight/ocr", "proxy/x", "proxy/y", "proxy/aggregate", "truth/x", "truth/y",
+                              "truth/aggregate", "truth_rank"]
+    assert [row["mixture_id"] for row in table] == [m.mixture_id for m in a.mixtures]
+    for row, m in zip(table, a.mixtures):
+        assert int(row["rank"]) == m.rank
+        assert {d: float(row[f"weight/{d}"]) for d in a.domains} == m.weights
+        assert float(row["proxy/aggregate"]) == m.aggregate and float(row["proxy/x"]) == m.scores["x"]
+        if m.truth_aggregate is None:
+            assert row["truth/aggregate"] == row["truth_rank"] == ""
+        else:
+            assert float(row["truth/aggregate"]) == m.truth_aggregate and int(row["truth_rank"]) == m.truth_rank
+
+
+def test_large_tie_and_many_incomplete_mixtures_are_counted_not_listed(tmp_path, caplog):
+    """130 mixtures tied at the top, 30 more lacking a benchmark: report and card name 20 of each and
+    count the rest; one warning each, not one per mixture."""
+    import logging
+
+    proxy, truth = _dirichlet_sweep(tmp_path, 160, trained=[0, 1, 2], tied=True, incomplete=30)
+    with caplog.at_level(logging.WARNING, logger="merge_proxy"):
+        result = write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    md = result.report.read_text()
+    assert "**Tie: 130 mixtures share the best aggregate proxy score:** " in md and " and 110 more." in md
+    assert "- and 10 more (`analysis.json` lists every one under `incomplete`)" in md
+    assert len(re.findall(r"^- `[^`]+`: no score on `y`$", md, flags=re.M)) == 20
+    assert "tie of 3: " in md  # the trained mixtures tie too; a short tie is still listed whole
+    warnings = [r.getMessage() for r in caplog.records if "left out of the aggregate ranking" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("30 proxy mixture(s) lack a score") and "and 20 more" in warnings[0]
+    card = _render_card(result_card_context(result.analysis, Journal(proxy).records()))
+    assert "**Tie:** 130 mixtures share the best aggregate proxy score: " in card
+    assert "and 110 more (all in `report/ranking.csv`)." in card

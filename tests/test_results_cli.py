@@ -55,7 +55,7 @@ def test_report_then_push_results_in_one_commit(tmp_path):
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
         files = set(api.list_repo_files("tester/search", repo_type="dataset"))
         assert {"journal.jsonl", "truth.jsonl", "recipe.yaml", "README.md", "report/report.md",
-                "report/analysis.json", "report/ternary_aggregate.png", "report/proxy_vs_truth.png"} <= files
+                "report/analysis.json", "report/ranking.csv", "report/ternary_aggregate.png", "report/proxy_vs_truth.png"} <= files
         commits = api.list_repo_commits("tester/search", repo_type="dataset")
         assert [c.title for c in commits][0] == "merge-proxy results" and len(commits) == 2
         card = DatasetCard.load(api.hf_hub_download("tester/search", "README.md", repo_type="dataset",

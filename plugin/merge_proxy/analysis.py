@@ -29,6 +29,7 @@ import numpy as np
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord
+from merge_proxy.listing import some
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Scores:
         scores: dict[str, dict[str, float]] = {}
         benchmarks: set[str] = set()
         domains: tuple[str, ...] | None = None
+        not_numbers: list[str] = []
+        twice: list[str] = []
         for r in records:
             if r.mode != mode:
                 continue
@@ -97,16 +100,19 @@ class Scores:
             weights.setdefault(r.mixture_id, {d: float(r.weights[d]) for d in domains})
             score = float(r.score) if r.score is not None else math.nan
             if not math.isfinite(score):
-                logger.warning("%s %s on %s: score %r is not a number; treated as missing",
-                               mode, r.mixture_id, r.benchmark, r.score)
+                not_numbers.append(f"{r.mixture_id} on {r.benchmark} ({r.score!r})")
                 scores.setdefault(r.mixture_id, {})
                 continue
             row = scores.setdefault(r.mixture_id, {})
             if r.benchmark in row and row[r.benchmark] != score:
-                logger.warning("%s %s on %s: scored twice (%s, then %s); keeping the last",
-                               mode, r.mixture_id, r.benchmark, row[r.benchmark], score)
+                twice.append(f"{r.mixture_id} on {r.benchmark} ({row[r.benchmark]}, then {score})")
             row[r.benchmark] = score
             benchmarks.add(r.benchmark)
+        if not_numbers:
+            logger.warning("%d %s score(s) are not numbers, treated as missing: %s", len(not_numbers), mode,
+                           some(not_numbers))
+        if twice:
+            logger.warning("%d %s score(s) were scored twice, keeping the last: %s", len(twice), mode, some(twice))
         return cls(mode=mode, weights=weights, scores=scores, benchmarks=tuple(sorted(benchmarks)),
                    domains=domains or ())
 
@@ -137,14 +143,16 @@ class Scores:
         weights = normalize_benchmark_weights(benchmark_weights, self.benchmarks)
         used = [b for b, w in weights.items() if w > 0]
         out: dict[str, float] = {}
+        left_out = []
         for m, row in self.scores.items():
             lacking = [b for b in used if b not in row]
             if lacking:
-                if warn:
-                    logger.warning("%s mixture %s has no score on %s; left out of the aggregate ranking",
-                                   self.mode, m, ", ".join(lacking))
+                left_out.append(f"{m} (no {', '.join(lacking)})")
                 continue
             out[m] = math.fsum(weights[b] * row[b] for b in used)
+        if left_out and warn:
+            logger.warning("%d %s mixture(s) lack a score on a weighted benchmark and are left out of the aggregate "
+                           "ranking: %s", len(left_out), self.mode, some(left_out))
         return out
 
 
@@ -656,7 +664,7 @@ def analyze(
     best[AGGREGATE] = best_set(agg)
     if len(best[AGGREGATE]) > 1:
         logger.warning("%d mixtures tie for the best aggregate proxy score: %s; the proxy cannot choose "
-                       "between them", len(best[AGGREGATE]), ", ".join(best[AGGREGATE]))
+                       "between them", len(best[AGGREGATE]), some(best[AGGREGATE]))
     proxy_rank = competition_ranks(agg)
 
     truth_cmp: TruthComparison | None = None
@@ -741,12 +749,12 @@ def _compare_truth(
             f"{', ...' if len(truth.mixture_ids) > 3 else ''}); truth runs must use the sweep's mixtures, "
             "with the same mixture_id (same experts, in the same order, same weights)"
         )
-    if only_proxy:
-        logger.warning("%d mixture(s) have no truth run and are left out of the comparison: %s",
-                       len(only_proxy), ", ".join(only_proxy))
+    if only_proxy:  # the usual case (a few of many mixtures are trained): counted, not warned about
+        logger.info("%d of %d proxy mixture(s) have no truth run and are left out of the comparison: %s",
+                    len(only_proxy), len(proxy.mixture_ids), some(only_proxy))
     if only_truth:
         logger.warning("%d truth mixture(s) are not in the proxy journal and are left out: %s",
-                       len(only_truth), ", ".join(only_truth))
+                       len(only_truth), some(only_truth))
     extra = [b for b in truth.benchmarks if b not in proxy.benchmarks]
     if extra:
         logger.warning("truth benchmarks the proxy has no score for (ignored): %s", ", ".join(extra))

@@ -2,7 +2,9 @@
 
 Which figure helps depends on the sweep: with 2 domains a mixture is one number (the first domain's
 weight) and a line per benchmark shows the whole landscape; with 3 domains the mixtures fill a triangle
-(the simplex) and a ternary heat map shows where the good region is; with truth runs, a proxy-vs-truth
+(the simplex) and a ternary heat map shows where the good region is; with 4 or more the simplex cannot
+be drawn, and the aggregate against each domain's weight shows which domains the good mixtures lean on;
+with truth runs, a proxy-vs-truth
 scatter shows at a glance whether the proxy ranks like the real models.
 
 matplotlib is imported inside the functions (the package stays import-light) and only through
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 SCORE_VS_WEIGHT = "score_vs_weight.png"
 TERNARY = "ternary_aggregate.png"
+DOMAIN_WEIGHTS = "score_vs_domain_weights.png"
 PROXY_VS_TRUTH = "proxy_vs_truth.png"
 DPI = 110
 _SQRT3_2 = math.sqrt(3) / 2
@@ -164,6 +167,47 @@ def plot_ternary(analysis: Analysis, out_dir: str | Path) -> Path:
     return _save(fig, Path(out_dir) / TERNARY)
 
 
+def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
+    """4 or more domains: the aggregate proxy score against each domain's weight, one panel per domain.
+
+    Each panel is a projection of the simplex onto one axis, so the other domains' weights spread the
+    points vertically; what reads off it is where the best mixtures sit along each domain (the top of
+    the cloud) and how much a domain's weight alone decides the score. Markers shrink and fade with the
+    number of mixtures so that thousands stay readable. Trained mixtures are hollow red diamonds at
+    their proxy score; the recommended mixture is a red star in every panel.
+    """
+    if len(analysis.domains) < 4:
+        raise ValueError(f"the domain-weight plot is for 4 or more domains, the sweep has {len(analysis.domains)}")
+    rows = [m for m in analysis.mixtures if m.aggregate is not None]
+    trained = [m for m in rows if m.truth_aggregate is not None]
+    size, alpha = (18, 0.8) if len(rows) <= 200 else (6, max(0.15, min(0.8, 200 / len(rows))))
+    ncols = min(4, len(analysis.domains))
+    nrows = math.ceil(len(analysis.domains) / ncols)
+    fig = _figure(3.2 * ncols, 2.8 * nrows)
+    rec = analysis.recommended
+    ax0 = None
+    for i, domain in enumerate(analysis.domains):
+        ax = fig.add_subplot(nrows, ncols, i + 1, sharey=ax0)
+        ax0 = ax0 or ax
+        ax.scatter([m.weights[domain] for m in rows], [m.aggregate for m in rows], s=size, alpha=alpha,
+                   color="tab:blue", linewidths=0, label="proxy")
+        if trained:
+            ax.scatter([m.weights[domain] for m in trained], [m.aggregate for m in trained], marker="D", s=30,
+                       facecolors="none", edgecolors="tab:red", lw=1.2, label="trained")
+        ax.scatter([rec.weights[domain]], [rec.aggregate], marker="*", s=180, c="red", edgecolors="black",
+                   zorder=3, label="recommended")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(domain, fontsize=9)
+        ax.set_xlabel(f"weight of {domain}", fontsize=8)
+        if i % ncols == 0:
+            ax.set_ylabel("aggregate proxy score", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best")
+    return _save(fig, Path(out_dir) / DOMAIN_WEIGHTS)
+
+
 def _fmt(v: float) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
@@ -229,6 +273,8 @@ def write_plots(analysis: Analysis, out_dir: str | Path) -> list[Path]:
         written.append(plot_score_vs_weight(analysis, out))
     if len(analysis.domains) == 3:
         written.append(plot_ternary(analysis, out))
+    if len(analysis.domains) >= 4:
+        written.append(plot_domain_weights(analysis, out))
     if _truth_panels(analysis):
         written.append(plot_proxy_vs_truth(analysis, out))
     return written

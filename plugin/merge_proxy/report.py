@@ -21,11 +21,16 @@ from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord, records_digest
+from merge_proxy.listing import NAMED, some
 
 logger = logging.getLogger(__name__)
 
 REPORT_MD = "report.md"
 ANALYSIS_JSON = "analysis.json"
+RANKING_CSV = "ranking.csv"
+#: report.md's ranking table shows this many mixtures (then the lower-ranked trained ones); a sweep of
+#: thousands would otherwise make a Markdown file of megabytes. ranking.csv holds every mixture.
+RANKING_ROWS = 50
 
 _BASELINE_LABELS = {"uniform": "uniform mixture", "best_single_expert": "best single expert"}
 
@@ -42,7 +47,7 @@ REPORT_TEMPLATE = """\
 **`{{ rec.mixture_id }}`**: aggregate proxy score {{ rec.aggregate | num }}, rank 1 of {{ n_ranked }}.
 {%- if tied | length > 1 %}
 
-**Tie: {{ tied | length }} mixtures share the best aggregate proxy score:** {{ tied | map("code") | join(", ") }}. \
+**Tie: {{ tied | length }} mixtures share the best aggregate proxy score:** {{ tied | ids(20) }}. \
 The proxy cannot choose between them; `{{ rec.mixture_id }}` is shown only because its id sorts first. \
 Choose among them on other grounds, or train each{% if truth %} (their truth is under "Proxy vs truth"){% endif %}.
 {%- elif rec.truth_aggregate is not none %} Trained for real it scores {{ rec.truth_aggregate | num }} \
@@ -63,17 +68,29 @@ beats the trained mixtures is unknown; train it to check the recommendation.{% e
 {% endfor %}
 ## Ranking
 
-All mixtures by aggregate proxy score{% if truth %}, with the truth aggregate where trained{% endif %}.
+{% if ranking_gap -%}
+The top {{ ranking_top }} of {{ n_mixtures }} mixtures by aggregate proxy score\
+{%- if truth %}, then every lower-ranked mixture that was trained, with its truth aggregate{% endif %}; \
+`{{ ranking_csv }}` holds all {{ n_mixtures }}.
+{%- else -%}
+All mixtures by aggregate proxy score{% if truth %}, with the truth aggregate where trained{% endif %} \
+(also in `{{ ranking_csv }}`).
+{%- endif %}
 
 | rank | {% for d in domains %}{{ d }} | {% endfor %}{% for b in benchmarks %}{{ b }} | {% endfor %}aggregate |{% if truth %} truth | truth rank |{% endif %}
 |---|{% for d in domains %}---|{% endfor %}{% for b in benchmarks %}---|{% endfor %}---|{% if truth %}---|---|{% endif %}
-{% for m in mixtures %}| {{ m.rank | opt }} | {% for d in domains %}{{ m.weights[d] | num(3) }} | {% endfor %}{% for b in benchmarks %}{{ m.scores.get(b) | num }} | {% endfor %}{{ m.aggregate | num }} |{% if truth %} {{ m.truth_aggregate | num }} | {{ m.truth_rank | opt }} |{% endif %}
-{% endfor %}
+{% for m in ranking_rows %}{% if m is none %}{{ gap_row }}
+{% else %}| {{ m.rank | opt }} | {% for d in domains %}{{ m.weights[d] | num(3) }} | {% endfor %}{% for b in benchmarks %}{{ m.scores.get(b) | num }} | {% endfor %}{{ m.aggregate | num }} |{% if truth %} {{ m.truth_aggregate | num }} | {{ m.truth_rank | opt }} |{% endif %}
+{% endif %}{% endfor %}
 {%- if incomplete %}
 Left out of the aggregate ranking (a weighted benchmark has no score; rerun the sweep to finish them):
-{% for m, missing in incomplete.items() %}
+{% set shown = 20 if incomplete | length > 21 else 21 %}
+{%- for m, missing in (incomplete.items() | list)[:shown] %}
 - `{{ m }}`: no score on {{ missing | map("code") | join(", ") }}
 {%- endfor %}
+{%- if incomplete | length > shown %}
+- and {{ incomplete | length - shown }} more (`analysis.json` lists every one under `incomplete`)
+{%- endif %}
 {% endif %}
 ## Best mixture per benchmark
 
@@ -88,24 +105,24 @@ Left out of the aggregate ranking (a weighted benchmark has no score; rerun the 
 percentile bootstrap over mixtures ({{ truth.n_boot }} resamples, seed {{ truth.seed }}).
 {%- if truth_partial %} **Different benchmark sets:** {{ truth_partial }}.{% endif %}
 {% if truth.only_proxy %}
-Without a truth run (left out of the comparison): {{ truth.only_proxy | map("code") | join(", ") }}.
+Without a truth run (left out of the comparison): {{ truth.only_proxy | length }} mixture(s), {{ truth.only_proxy | ids }}.
 {% endif %}
 {%- if truth.only_truth %}
-Truth runs of mixtures not in the proxy journal (left out): {{ truth.only_truth | map("code") | join(", ") }}.
+Truth runs of mixtures not in the proxy journal (left out): {{ truth.only_truth | ids }}.
 {% endif %}
 {%- if check %}
 **The recommendation against truth:** {% if check.trained -%}
-{{ check.mixture_ids | map("code") | join(", ") }} {{ "was" if check.mixture_ids | length == 1 else "were all" }} \
+{{ check.mixture_ids | ids }} {{ "was" if check.mixture_ids | length == 1 else "were all" }} \
 trained: {{ "truth aggregate" if check.mixture_ids | length == 1 else "mean truth aggregate" }} {{ check.truth_aggregate | num }}; against the best of the {{ check.n_trained }} trained \
-mixtures ({{ check.truth_best | map("code") | join(", ") }}): top-1 {{ check.top1_hit | hit }}, \
+mixtures ({{ check.truth_best | ids }}): top-1 {{ check.top1_hit | hit }}, \
 top-3 {{ check.top3_hit | hit }}, regret {{ check.regret | num }}.
 {%- elif check.mixture_ids | length == 1 -%}
-**not trained** ({{ check.untrained | map("code") | join(", ") }} has no truth aggregate): whether it beats \
+**not trained** ({{ check.untrained | ids }} has no truth aggregate): whether it beats \
 the {{ check.n_trained }} trained mixtures is unknown, so top-1 and regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
 The table below judges the proxy's best *among trained mixtures*, not the recommendation.
 {%- else -%}
 **not all trained**: of the {{ check.mixture_ids | length }} mixtures tied for the best proxy score, \
-{{ check.untrained | map("code") | join(", ") }} {{ "has" if check.untrained | length == 1 else "have" }} no \
+{{ check.untrained | ids }} {{ "has" if check.untrained | length == 1 else "have" }} no \
 truth aggregate, so whether the proxy's pick beats the {{ check.n_trained }} trained mixtures is unknown: top-1 \
 and regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mixtures: {{ check.top3_hit | hit }}){% endif %}. \
 The table below judges the proxy's best *among trained mixtures*, not the recommendation.
@@ -186,14 +203,23 @@ def _picks(mixtures) -> str:
         return "n/a"
     if len(mixtures) == 1:
         return f"`{mixtures[0]}`"
-    return f"tie of {len(mixtures)}: " + ", ".join(f"`{m}`" for m in mixtures)
+    return f"tie of {len(mixtures)}: " + some(mixtures, fmt=_code)
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _ids(items, limit: int = NAMED) -> str:
+    """Mixture ids as code, the first ``limit`` named and the rest counted."""
+    return some(list(items), limit, _code)
 
 
 def _environment():
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters.update(num=_num, opt=_opt, ci=_ci, hit=_hit, picks=_picks, code=lambda s: f"`{s}`")
+    env.filters.update(num=_num, opt=_opt, ci=_ci, hit=_hit, picks=_picks, code=_code, ids=_ids)
     return env
 
 
@@ -226,6 +252,7 @@ def _per_benchmark(analysis: Analysis) -> list[dict[str, Any]]:
 _CAPTIONS = {
     "score_vs_weight.png": "proxy score against the mixture weight",
     "ternary_aggregate.png": "aggregate proxy score over the simplex",
+    "score_vs_domain_weights.png": "aggregate proxy score against each domain's weight",
     "proxy_vs_truth.png": "proxy against truth",
 }
 
@@ -250,13 +277,54 @@ def render_report(analysis: Analysis, plots: Iterable[str | Path] = (), title: s
         "baselines": [
             {**asdict(b), "label": _BASELINE_LABELS.get(b.name, b.name)} for b in analysis.baselines
         ],
-        "mixtures": analysis.mixtures,
+        **_ranking_rows(analysis),
         "incomplete": analysis.incomplete,
         "truth": truth,
         "comparisons": comparisons,
         "plots": [{"file": Path(p).name, "caption": _CAPTIONS.get(Path(p).name, Path(p).stem)} for p in plots],
     }
     return _environment().from_string(REPORT_TEMPLATE).render(**context)
+
+
+def _ranking_rows(analysis: Analysis) -> dict[str, Any]:
+    """The ranking table's rows: the top RANKING_ROWS, then the trained mixtures ranked below them
+    (None marks the gap), so every proxy-truth pair stays visible in a sweep of thousands."""
+    top = list(analysis.mixtures[:RANKING_ROWS])
+    below = [m for m in analysis.mixtures[RANKING_ROWS:] if m.truth_scores or m.truth_aggregate is not None]
+    gap = len(analysis.mixtures) > RANKING_ROWS
+    columns = 2 + len(analysis.domains) + len(analysis.benchmarks) + (2 if analysis.truth else 0)
+    return {"ranking_rows": top + ([None] + below if gap else []), "ranking_gap": gap,
+            "ranking_top": len(top), "ranking_csv": RANKING_CSV,
+            "gap_row": "| ⋮ |" + " |" * (columns - 1)}
+
+
+def ranking_csv(analysis: Analysis) -> str:
+    """Every mixture, best first: rank, id, ``weight/DOMAIN``, ``proxy/BENCHMARK``, ``proxy/aggregate``
+    and, with truth, ``truth/...`` and ``truth_rank``; empty where there is no value. For pandas and
+    spreadsheets: report.md shows only the top of a large sweep. Floats are written in full (repr)."""
+    import csv
+    import io
+
+    truth = analysis.truth is not None
+    header = ["rank", "mixture_id", *(f"weight/{d}" for d in analysis.domains),
+              *(f"proxy/{b}" for b in analysis.benchmarks), f"proxy/{AGGREGATE}"]
+    if truth:
+        header += [*(f"truth/{b}" for b in analysis.benchmarks), f"truth/{AGGREGATE}", "truth_rank"]
+
+    def cell(value: Any) -> Any:
+        return "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for m in analysis.mixtures:
+        row = [cell(m.rank), m.mixture_id, *(m.weights[d] for d in analysis.domains),
+               *(cell(m.scores.get(b)) for b in analysis.benchmarks), cell(m.aggregate)]
+        if truth:
+            row += [*(cell(m.truth_scores.get(b)) for b in analysis.benchmarks), cell(m.truth_aggregate),
+                    cell(m.truth_rank)]
+        writer.writerow(row)
+    return buffer.getvalue()
 
 
 def default_title(analysis: Analysis) -> str:
@@ -325,6 +393,7 @@ def write_report(
         }
         (stage / ANALYSIS_JSON).write_text(
             json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+        (stage / RANKING_CSV).write_text(ranking_csv(analysis), encoding="utf-8")
         (stage / REPORT_MD).write_text(render_report(analysis, names, title), encoding="utf-8")
     logger.info("report written to %s (recommended: %s)", out, analysis.recommended.mixture_id)
     return ReportResult(out_dir=out, report=out / REPORT_MD, analysis_json=out / ANALYSIS_JSON,
