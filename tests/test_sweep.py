@@ -58,6 +58,29 @@ def test_grids_sum_to_one_and_interior_grid_is_the_three_domain_set():
         generators.grid(names, 0.3)
 
 
+@pytest.mark.parametrize("domains,step,interior", [(2, 0.125, False), (3, 0.1, False), (4, 0.125, True),
+                                                    (5, 0.25, False), (5, 0.125, True)])
+def test_grid_is_every_simplex_point_in_lexicographic_order(domains, step, interior):
+    """Against the brute force: every tuple of multiples of the step summing to 1, filtered."""
+    import itertools
+
+    names = [f"d{i}" for i in range(domains)]
+    k = round(1 / step)
+    low = 1 if interior else 0
+    expected = [c for c in itertools.product(range(k + 1), repeat=domains) if sum(c) == k and min(c) >= low]
+    ours = generators.grid(names, step, interior=interior)
+    assert [tuple(round(w * k) for _, w in m.weights) for m in ours] == expected
+    assert generators.grid_size(domains, k, low) == len(expected)
+
+
+def test_grid_too_large_is_refused_before_it_is_built(tmp_path):
+    names = [f"d{i}" for i in range(8)]
+    assert len(generators.grid(names, 0.1)) == 19448  # below the limit
+    with pytest.raises(ConfigError, match=r"a grid with step 0.05 over 8 domains has 888,030 mixtures \(at most "
+                                          r"100,000\).*use a coarser step, or sample the simplex with dirichlet"):
+        generators.grid(names, 0.05)
+
+
 def test_dirichlet_is_deterministic_rounded_and_sums_to_one():
     a = generators.dirichlet(["w", "x", "y", "z"], 20, alpha=1.0, seed=3)
     b = generators.dirichlet(["w", "x", "y", "z"], 20, alpha=1.0, seed=3)
