@@ -508,13 +508,17 @@ def test_large_sweep_report_stays_readable_and_ranking_csv_holds_every_mixture(t
     assert "The top 50 of 130 mixtures by aggregate proxy score, then every lower-ranked mixture that was trained" in ranking
     assert "`ranking.csv` holds all 130." in ranking
     rows = [line for line in ranking.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
-    trained_below = [m for m in a.mixtures[50:] if m.truth_aggregate is not None]
-    assert trained_below  # the test must cover the rows after the gap
-    assert [r.split("|")[1].strip() for r in rows] == \
-        [str(i) for i in range(1, 51)] + ["⋮"] + [str(m.rank) for m in trained_below]
-    assert all(r.count("|") == rows[0].count("|") for r in rows)  # the gap row has every column
+    trained_below = [m.rank for m in a.mixtures[50:] if m.truth_aggregate is not None]
+    assert len(trained_below) > 1 and trained_below[-1] < 130  # rows after the gap, gaps between them and at the end
+    # a gap row wherever ranks skip (the ranks here are distinct), and after the last row shown
+    expected, previous = [], 0
+    for rank in [*range(1, 51), *trained_below]:
+        expected += (["⋮"] if rank != previous + 1 else []) + [str(rank)]
+        previous = rank
+    assert [r.split("|")[1].strip() for r in rows] == expected + ["⋮"]
+    assert all(r.count("|") == rows[0].count("|") for r in rows)  # the gap rows have every column
     assert "Without a truth run (left out of the comparison): 117 mixture(s), " in md
-    assert "and 107 more." in md
+    assert "and 97 more." in md
     assert "score_vs_domain_weights.png" in md
     _assert_png(result.out_dir / "score_vs_domain_weights.png")
 
@@ -552,3 +556,37 @@ def test_large_tie_and_many_incomplete_mixtures_are_counted_not_listed(tmp_path,
     card = _render_card(result_card_context(result.analysis, Journal(proxy).records()))
     assert "**Tie:** 130 mixtures share the best aggregate proxy score: " in card
     assert "and 110 more (all in `report/ranking.csv`)." in card
+
+
+@pytest.mark.parametrize("n,trained,top,gaps", [
+    (50, [], "All mixtures by aggregate proxy score, with the truth aggregate where trained", 0),
+    (51, [], "The top 50 of 51 mixtures", 1),
+    (55, list(range(55)), "All mixtures by aggregate proxy score", 0),  # every one trained: nothing left out
+])
+def test_ranking_table_edges(tmp_path, n, trained, top, gaps):
+    proxy, truth = _dirichlet_sweep(tmp_path, n, trained=trained or [0])
+    md = write_report(proxy, truth, tmp_path / "out", n_boot=0).report.read_text()
+    ranking = md.split("## Ranking")[1].split("\n## ")[0]
+    assert top in ranking
+    rows = [line for line in ranking.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert sum(r.startswith("| ⋮ |") for r in rows) == gaps
+    assert len(rows) == min(n, 50) + gaps + (n - 50 if trained and n > 50 else 0)
+
+
+def test_a_benchmark_tied_everywhere_is_counted_in_the_best_per_benchmark_table(tmp_path):
+    proxy, truth = _dirichlet_sweep(tmp_path, 160, trained=[0], tied=True)
+    md = write_report(proxy, truth, tmp_path / "out", n_boot=0).report.read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| x |"))
+    assert "tie of 160: " in row and " and 140 more |" in row and len(row) < 3000
+
+
+def test_card_of_a_report_without_ranking_csv_does_not_point_to_it(tmp_path):
+    """push-results --report DIR of a report written before ranking.csv existed: the card must not name
+    a file the push does not upload."""
+    proxy, truth = _dirichlet_sweep(tmp_path, 60, trained=[0], tied=True)
+    result = write_report(proxy, truth, tmp_path / "out", n_boot=0)
+    records = Journal(proxy).records()
+    with_csv = _render_card(result_card_context(result.analysis, records))
+    without = _render_card(result_card_context(result.analysis, records, ranking_csv=False))
+    assert "`report/ranking.csv`" in with_csv and "and 40 more (all in `report/ranking.csv`)." in with_csv
+    assert "ranking.csv" not in without and "and 40 more." in without

@@ -73,12 +73,19 @@ def test_grid_is_every_simplex_point_in_lexicographic_order(domains, step, inter
     assert generators.grid_size(domains, k, low) == len(expected)
 
 
-def test_grid_too_large_is_refused_before_it_is_built(tmp_path):
+def test_grid_too_large_is_refused_before_it_is_built(monkeypatch):
     names = [f"d{i}" for i in range(8)]
     assert len(generators.grid(names, 0.1)) == 19448  # below the limit
+
+    def never(*args):
+        raise AssertionError("the grid was enumerated before its size was checked")
+
+    monkeypatch.setattr(generators, "_compositions", never)
     with pytest.raises(ConfigError, match=r"a grid with step 0.05 over 8 domains has 888,030 mixtures \(at most "
                                           r"100,000\).*use a coarser step, or sample the simplex with dirichlet"):
         generators.grid(names, 0.05)
+    with pytest.raises(ConfigError, match=r"dirichlet n must be between 1 and 100,000 .*, not 1,000,000"):
+        generators.dirichlet(names, 1_000_000)
 
 
 def test_dirichlet_is_deterministic_rounded_and_sums_to_one():

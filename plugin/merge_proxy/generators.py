@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 PAPER_SETS = {"two_domain": 2, "three_domain": 3, "four_domain": 4}
 #: How many mixtures of each set the paper reports (7 + 21 + 20 = 48).
 REPORTED = {"two_domain": 7, "three_domain": 21, "four_domain": 20}
-#: A grid with more points is refused before it is built: each point is a merged-proxy evaluation, and
-#: a fine step over many domains explodes (step 0.05 over 8 domains: 888,030 mixtures).
+#: A grid with more points (or a Dirichlet sample of more draws) is refused before it is built: each
+#: mixture is a merged-proxy evaluation, and a fine step over many domains explodes (step 0.05 over 8
+#: domains: 888,030 mixtures).
 MAX_GRID_POINTS = 100_000
 
 
@@ -100,8 +101,9 @@ def dirichlet(names: Sequence[str], n: int, alpha: float | Sequence[float] = 1.0
     is within one unit of its draw. Repeated mixtures (likely with small alpha) are dropped later,
     with a log line saying how many.
     """
-    if n < 1:
-        raise ConfigError(f"dirichlet n must be at least 1, not {n}")
+    if not 1 <= n <= MAX_GRID_POINTS:
+        raise ConfigError(f"dirichlet n must be between 1 and {MAX_GRID_POINTS:,} (one merged-proxy evaluation "
+                          f"each), not {n:,}")
     alphas = [float(alpha)] * len(names) if np.isscalar(alpha) else [float(a) for a in alpha]
     if len(alphas) != len(names) or min(alphas) <= 0:
         raise ConfigError(f"dirichlet alpha must be one positive number or one per expert ({len(names)})")

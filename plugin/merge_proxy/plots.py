@@ -174,7 +174,8 @@ def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
     points vertically; what reads off it is where the best mixtures sit along each domain (the top of
     the cloud) and how much a domain's weight alone decides the score. Markers shrink and fade with the
     number of mixtures so that thousands stay readable. Trained mixtures are hollow red diamonds at
-    their proxy score; the recommended mixture is a red star in every panel.
+    their proxy score; the recommended mixture (every mixture tied for the best) is a red star in
+    every panel.
     """
     if len(analysis.domains) < 4:
         raise ValueError(f"the domain-weight plot is for 4 or more domains, the sweep has {len(analysis.domains)}")
@@ -184,7 +185,8 @@ def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
     ncols = min(4, len(analysis.domains))
     nrows = math.ceil(len(analysis.domains) / ncols)
     fig = _figure(3.2 * ncols, 2.8 * nrows)
-    rec = analysis.recommended
+    best = [m for m in rows if m.mixture_id in set(analysis.best["aggregate"])]
+    label = "recommended" if len(best) == 1 else f"recommended (tie of {len(best)})"
     ax0 = None
     for i, domain in enumerate(analysis.domains):
         ax = fig.add_subplot(nrows, ncols, i + 1, sharey=ax0)
@@ -194,8 +196,8 @@ def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
         if trained:
             ax.scatter([m.weights[domain] for m in trained], [m.aggregate for m in trained], marker="D", s=30,
                        facecolors="none", edgecolors="tab:red", lw=1.2, label="trained")
-        ax.scatter([rec.weights[domain]], [rec.aggregate], marker="*", s=180, c="red", edgecolors="black",
-                   zorder=3, label="recommended")
+        ax.scatter([m.weights[domain] for m in best], [m.aggregate for m in best], marker="*", s=180, c="red",
+                   edgecolors="black", zorder=3, label=label)
         ax.set_xlim(-0.02, 1.02)
         ax.set_title(domain, fontsize=9)
         ax.set_xlabel(f"weight of {domain}", fontsize=8)

@@ -21,7 +21,7 @@ from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord, records_digest
-from merge_proxy.listing import NAMED, some
+from merge_proxy.listing import some
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ RANKING_CSV = "ranking.csv"
 #: report.md's ranking table shows this many mixtures (then the lower-ranked trained ones); a sweep of
 #: thousands would otherwise make a Markdown file of megabytes. ranking.csv holds every mixture.
 RANKING_ROWS = 50
+#: Mixture ids a sentence of the report (or the card) names before counting the rest.
+LISTED = 20
 
 _BASELINE_LABELS = {"uniform": "uniform mixture", "best_single_expert": "best single expert"}
 
@@ -47,7 +49,7 @@ REPORT_TEMPLATE = """\
 **`{{ rec.mixture_id }}`**: aggregate proxy score {{ rec.aggregate | num }}, rank 1 of {{ n_ranked }}.
 {%- if tied | length > 1 %}
 
-**Tie: {{ tied | length }} mixtures share the best aggregate proxy score:** {{ tied | ids(20) }}. \
+**Tie: {{ tied | length }} mixtures share the best aggregate proxy score:** {{ tied | ids }}. \
 The proxy cannot choose between them; `{{ rec.mixture_id }}` is shown only because its id sorts first. \
 Choose among them on other grounds, or train each{% if truth %} (their truth is under "Proxy vs truth"){% endif %}.
 {%- elif rec.truth_aggregate is not none %} Trained for real it scores {{ rec.truth_aggregate | num }} \
@@ -96,7 +98,7 @@ Left out of the aggregate ranking (a weighted benchmark has no score; rerun the 
 
 | benchmark | best proxy score | best mixture(s) | top 3 |
 |---|---|---|---|
-{% for row in per_benchmark %}| {{ row.benchmark }} | {{ row.score | num }} | {{ row.best | map("code") | join(", ") }} | {{ row.top3 | join(", ") }} |
+{% for row in per_benchmark %}| {{ row.benchmark }} | {{ row.score | num }} | {{ row.best | picks }} | {{ row.top3 | join(", ") }} |
 {% endfor %}
 {%- if truth %}
 ## Proxy vs truth
@@ -203,14 +205,14 @@ def _picks(mixtures) -> str:
         return "n/a"
     if len(mixtures) == 1:
         return f"`{mixtures[0]}`"
-    return f"tie of {len(mixtures)}: " + some(mixtures, fmt=_code)
+    return f"tie of {len(mixtures)}: " + _ids(mixtures)
 
 
 def _code(text: str) -> str:
     return f"`{text}`"
 
 
-def _ids(items, limit: int = NAMED) -> str:
+def _ids(items, limit: int = LISTED) -> str:
     """Mixture ids as code, the first ``limit`` named and the rest counted."""
     return some(list(items), limit, _code)
 
@@ -287,15 +289,22 @@ def render_report(analysis: Analysis, plots: Iterable[str | Path] = (), title: s
 
 
 def _ranking_rows(analysis: Analysis) -> dict[str, Any]:
-    """The ranking table's rows: the top RANKING_ROWS, then the trained mixtures ranked below them
-    (None marks the gap), so every proxy-truth pair stays visible in a sweep of thousands."""
-    top = list(analysis.mixtures[:RANKING_ROWS])
-    below = [m for m in analysis.mixtures[RANKING_ROWS:] if m.truth_scores or m.truth_aggregate is not None]
-    gap = len(analysis.mixtures) > RANKING_ROWS
+    """The ranking table's rows: the top RANKING_ROWS, then the trained mixtures ranked below them, a
+    None (the gap row) wherever mixtures are skipped, so every proxy-truth pair stays visible in a
+    sweep of thousands."""
+    shown = [i for i, m in enumerate(analysis.mixtures)
+             if i < RANKING_ROWS or m.truth_scores or m.truth_aggregate is not None]
+    rows: list[Any] = []
+    for previous, i in zip([-1, *shown], shown):
+        if i != previous + 1:
+            rows.append(None)
+        rows.append(analysis.mixtures[i])
+    skipped = len(shown) < len(analysis.mixtures)
+    if skipped and shown[-1] != len(analysis.mixtures) - 1:
+        rows.append(None)
     columns = 2 + len(analysis.domains) + len(analysis.benchmarks) + (2 if analysis.truth else 0)
-    return {"ranking_rows": top + ([None] + below if gap else []), "ranking_gap": gap,
-            "ranking_top": len(top), "ranking_csv": RANKING_CSV,
-            "gap_row": "| ⋮ |" + " |" * (columns - 1)}
+    return {"ranking_rows": rows, "ranking_gap": skipped, "ranking_top": min(RANKING_ROWS, len(shown)),
+            "ranking_csv": RANKING_CSV, "gap_row": "| ⋮ |" + " |" * (columns - 1)}
 
 
 def ranking_csv(analysis: Analysis) -> str:
@@ -457,7 +466,8 @@ def _card_comparison(comp: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def result_card_context(
-    analysis: Analysis | Mapping[str, Any], records: Iterable[JournalRecord], title: str | None = None
+    analysis: Analysis | Mapping[str, Any], records: Iterable[JournalRecord], title: str | None = None,
+    *, ranking_csv: bool = True,
 ) -> dict[str, Any]:
     """The context of ``hub_cards/result.md.j2``: title, recommended, experts, correlations, and more.
 
@@ -466,7 +476,8 @@ def result_card_context(
     weights and title, never recomputed. ``experts`` comes from the records' ``experts`` field (what
     the sweep really merged, pinned), as dicts with name, source, pinned, revision (and ``sha``, the
     revision or ``local``). ``correlations`` is empty without truth, aggregate first otherwise; an
-    undefined statistic is None and its ``*_text`` says ``n/a``, as report.md does.
+    undefined statistic is None and its ``*_text`` says ``n/a``, as report.md does. ``ranking_csv``:
+    whether the pushed report has ranking.csv (a report written before it existed has not).
     """
     data = analysis.to_dict() if isinstance(analysis, Analysis) else dict(analysis)
     records = list(records)
@@ -497,5 +508,6 @@ def result_card_context(
         "confidence": truth["confidence"] if truth else None,
         "n_boot": truth["n_boot"] if truth else None,
         "has_truth": truth is not None,
+        "ranking_csv": ranking_csv,
         "repo_id": None,
     }

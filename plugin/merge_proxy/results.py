@@ -179,7 +179,7 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
     from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData
 
     from merge_proxy.hub import explain_error
-    from merge_proxy.report import load_analysis, result_card_context
+    from merge_proxy.report import RANKING_CSV, load_analysis, result_card_context
     from merge_proxy.resources import card_template
 
     if not is_repo_id(repo_id):  # before the report is computed
@@ -201,7 +201,7 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
         if truth_journal is not None:
             truth_copy = Path(tmp) / "truth.jsonl"
             Journal(truth_copy).append_many(read_results(ResultsInput(truth_journal, None)))
-        context = result_card_context(data, records)
+        context = result_card_context(data, records, ranking_csv=(report / RANKING_CSV).is_file())
         context["recipe"] = inputs.recipe.read_text(encoding="utf-8").strip() if inputs.recipe else None
         context.update(has_truth=truth_journal is not None, repo_id=repo_id)
         configs = [PROXY_CONFIG] + ([TRUTH_CONFIG] if truth_journal is not None else [])
