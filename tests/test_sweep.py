@@ -485,3 +485,55 @@ def test_slurm_executor_off_a_cluster_says_so_in_one_line(tmp_path, tiny_vlm, do
     proc = sweep(recipe, tmp_path / "out", "--executor", "slurm")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "cannot submit SLURM jobs from this machine" in proc.stderr and "--executor local" in proc.stderr
+
+
+def _embedded_image_tasks(color_task_dir: Path, root: Path) -> Path:
+    """Two copies of a domain's task with the images embedded as a datasets Image column (as Hub
+    benchmarks store them) and a metric that is 1 when process_results sees the image: one as most
+    tasks are, one declaring ``process_results_use_image``."""
+    import datasets
+    from PIL import Image
+
+    rows = [json.loads(line) for line in (color_task_dir / "data.jsonl").read_text().splitlines() if line.strip()]
+    images = []
+    for r in rows:
+        with Image.open(color_task_dir / r["image"]) as im:
+            images.append(im.convert("RGB"))
+    table = datasets.Dataset.from_dict(
+        {"question": [r["question"] for r in rows], "answer": [r["answer"] for r in rows], "image": images},
+        features=datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string"),
+                                    "image": datasets.Image()}))
+    for name, keep in (("media_stripped", False), ("media_kept", True)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        table.to_parquet(str(folder / "test.parquet"))
+        (folder / "utils.py").write_text(
+            "def doc_to_visual(doc):\n    return [doc['image'].convert('RGB')]\n\n\n"
+            "def doc_to_text(doc, lmms_eval_specific_kwargs=None):\n    return doc['question']\n\n\n"
+            "def process_results(doc, results, **kwargs):\n    return {'saw_image': float('image' in doc)}\n")
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump({
+            "task": name, "dataset_path": "parquet", "dataset_kwargs": {"data_files": {"test": "test.parquet"}},
+            "test_split": "test", "output_type": "generate_until", "doc_to_target": "answer",
+            "generation_kwargs": {"max_new_tokens": 2, "do_sample": False},
+            "metric_list": [{"metric": "saw_image", "aggregation": "mean", "higher_is_better": True}],
+            "process_results_use_image": keep, "metadata": {"version": 0.0},
+        }).replace("doc_to_target", "doc_to_visual: !function utils.doc_to_visual\n"
+                   "doc_to_text: !function utils.doc_to_text\nprocess_results: !function utils.process_results\n"
+                   "doc_to_target"))
+    return root
+
+
+def test_sweep_post_processes_documents_as_the_lmms_eval_command_line(tmp_path, tiny_vlm, domains, lora_experts):
+    """lmms-eval's command line post-processes documents without their images unless a task asks for
+    them (--process_with_media off); simple_evaluate without cli_args decodes every image again. The
+    sweep scores as the command line does: the stripped task never sees its image, the other does."""
+    from merge_proxy.sweep import Evaluator
+
+    include = _embedded_image_tasks(domains.lmms_eval_dir / "color", tmp_path / "tasks")
+    recipe = load_recipe(write_recipe(tmp_path, tiny_vlm, domains, lora_experts,
+                                      benchmarks=[{"task": "media_stripped", "limit": 2}, {"task": "media_kept", "limit": 2}],
+                                      include_path=str(include)), output_dir=tmp_path / "out")
+    evaluator = Evaluator(recipe, dict(recipe.experts))
+    model = evaluator.proxy(make_mixture("a=0.5,b=0.5", ["a", "b"]))
+    stripped, kept = (evaluator.score(model, b)[0] for b in recipe.benchmarks)
+    assert (stripped, kept) == (0.0, 1.0)

@@ -273,11 +273,30 @@ class Evaluator:
 
         return load_chat_template(self.chat_template) if self.chat_template else None
 
+    @cached_property
+    def _cli_args(self):
+        """What ``lmms-eval --tasks ...`` hands evaluate(): its command line's defaults.
+
+        Without them simple_evaluate post-processes every document with its media: each image is
+        decoded again after generation (0.9 ms a sample measured on 640x480 JPEGs, seconds per call of
+        a real benchmark, thousands of calls in a sweep), and a task whose metric reads a document
+        field the command line strips would score differently from ``lmms-eval --model merge_proxy``.
+        With them, as on the command line, only tasks that declare ``process_results_use_image`` keep
+        their images. lmms-eval builds its parser inside a function that reads sys.argv (its own
+        dispatcher rewrites sys.argv the same way)."""
+        import sys
+        from unittest import mock
+
+        from lmms_eval.__main__ import parse_eval_args
+
+        with mock.patch.object(sys, "argv", ["lmms-eval"]):
+            return parse_eval_args()[1]
+
     def score(self, model, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
         from lmms_eval.evaluator import simple_evaluate
 
         out = simple_evaluate(model=model, tasks=[benchmark.task], task_manager=self.tasks, limit=benchmark.limit,
-                              log_samples=False, bootstrap_iters=0, verbosity="WARNING")
+                              log_samples=False, bootstrap_iters=0, verbosity="WARNING", cli_args=self._cli_args)
         declared = self.metrics.get(benchmark.task) or [None]
         return _primary_metric(out["results"][benchmark.task], benchmark, declared[0])
 
