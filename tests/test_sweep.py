@@ -368,12 +368,19 @@ def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path,
     assert 1 <= len(gathered) < 10 and all(reference[k] == v for k, v in gathered.items())
     first = {p.name for p in out.glob("shards/*.jsonl")}
 
-    shards = sweep(recipe, out, "--executor", "submitit-local", "--shards", "2")
+    # On a GPU node each local shard gets its own GPU (fake ids here: this machine has none).
+    shards = sweep(recipe, out, "--executor", "submitit-local", "--shards", "2",
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"})
     assert shards.returncode == 0, shards.stderr[-3000:]
     assert comparable(out / "journal.jsonl") == reference
     second = {p.name for p in out.glob("shards/*.jsonl")} - first
     assert 1 <= len(second) <= 2  # the rerun's shards write new files, never an earlier job's
     assert len({name.rsplit("-", 1)[0] for name in first}) == len({name.rsplit("-", 1)[0] for name in second}) == 1
+    logs = "".join(p.read_text() for p in (out / "submitit").glob("*_log.err"))
+    for name in second:
+        index = int(name.removesuffix(".jsonl").rsplit("-", 1)[1])
+        assert re.search(rf"shard {re.escape(name.removesuffix('.jsonl'))}: \d+ mixture\(s\), "
+                         rf"CUDA_VISIBLE_DEVICES={'35'[index]}\n", logs), logs[-3000:]
 
     record = Journal(journal).records()[0]
     assert record.mode == "proxy" and record.lmms_eval_version == "0.7.3"
@@ -485,6 +492,24 @@ def test_slurm_executor_off_a_cluster_says_so_in_one_line(tmp_path, tiny_vlm, do
     proc = sweep(recipe, tmp_path / "out", "--executor", "slurm")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "cannot submit SLURM jobs from this machine" in proc.stderr and "--executor local" in proc.stderr
+
+
+def test_local_shards_get_their_own_gpus(monkeypatch):
+    from merge_proxy.sweep import local_gpus, shard_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,GPU-8f1c,MIG-4a2b")
+    assert local_gpus() == ["2", "3", "GPU-8f1c", "MIG-4a2b"]
+    gpus = [str(i) for i in range(4)]
+    assert shard_gpus(4, 1, gpus) == [("0",), ("1",), ("2",), ("3",)]
+    assert shard_gpus(6, 1, gpus) == [("0",), ("1",), ("2",), ("3",), ("0",), ("1",)]  # more shards: shared
+    assert shard_gpus(3, 2, gpus) == [("0", "1"), ("2", "3"), ("0", "1")]
+    assert shard_gpus(2, 0, []) == [(), ()]  # no GPU: the CPU, as before
+    with pytest.raises(ConfigError, match=r"gpus_per_node: 2, but this machine shows 1 GPU\(s\) \(7\)"):
+        shard_gpus(2, 2, ["7"])
+    from merge_proxy.sweep import _submit_local
+
+    with pytest.raises(ConfigError, match=r"names GPUs by UUID \(2, 3, GPU-8f1c, MIG-4a2b\); submitit-local places"):
+        _submit_local(None, ([],), None)  # refused before anything is submitted
 
 
 def _embedded_image_tasks(color_task_dir: Path, root: Path) -> Path:

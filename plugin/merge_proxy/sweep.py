@@ -367,6 +367,8 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
     (the journal's settings keep the recipe's own ``chat_template_from``).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.info("shard %s: %d mixture(s), CUDA_VISIBLE_DEVICES=%s", shard, len(mixture_keys),
+                os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     recipe = load_recipe(recipe_path, output_dir=out_dir)
     if base:
         recipe = replace(recipe, base=base)
@@ -396,8 +398,9 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     n = max(1, min(shards, len(keys)))
     chunks = [keys[i::n] for i in range(n)]
     try:
-        executor = submitit.AutoExecutor(folder=out / "submitit",
-                                         cluster="local" if executor_type == "submitit-local" else "slurm")
+        # submitit-local through LocalExecutor itself: only it takes visible_gpus, to place each shard
+        executor = (submitit.LocalExecutor(folder=out / "submitit") if executor_type == "submitit-local"
+                    else submitit.AutoExecutor(folder=out / "submitit", cluster="slurm"))
     except RuntimeError as err:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
         raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
                           "node, or use --executor local (this process) or submitit-local") from None
@@ -410,12 +413,16 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
         if key in params:
             mapped[target] = params[key]
     if executor_type == "submitit-local":
-        mapped = {k: v for k, v in mapped.items() if not k.startswith("slurm_") and k != "gpus_per_node"}
-    executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
+        executor.update_parameters(timeout_min=mapped["timeout_min"])
+    else:
+        executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
-    jobs = executor.map_array(run_shard, [str(recipe.path)] * n, [str(out)] * n, chunks, names,
-                              [pinned] * n, [base] * n, [template] * n)
+    args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned] * n, [base] * n, [template] * n)
+    if executor_type == "submitit-local":
+        jobs = _submit_local(executor, args, params.get("gpus_per_node"))
+    else:
+        jobs = executor.map_array(run_shard, *args)
     logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
     try:
         failures = _wait(jobs)
@@ -427,6 +434,47 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     if failures:
         raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
                           "rerun the same command to finish the remaining work")
+
+
+def local_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices, UUIDs or MIG
+    names), else every GPU torch sees, by index."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def shard_gpus(shards: int, per_shard: int, gpus: Sequence[str]) -> list[tuple[str, ...]]:
+    """The GPUs of each local shard, round robin: shard i takes the next ``per_shard`` GPUs, so 8
+    shards on an 8-GPU node get one each (more shards than GPUs share them)."""
+    if per_shard > len(gpus):
+        raise ConfigError(f"executor gpus_per_node: {per_shard}, but this machine shows {len(gpus)} GPU(s) "
+                          f"({', '.join(gpus) or 'none'}); lower gpus_per_node or set CUDA_VISIBLE_DEVICES")
+    if per_shard == 0:
+        return [()] * shards
+    return [tuple(gpus[(i * per_shard + k) % len(gpus)] for k in range(per_shard)) for i in range(shards)]
+
+
+def _submit_local(executor: Any, args: tuple[list, ...], gpus_per_node: int | None) -> list[Any]:
+    """One submitit-local job per shard, each on its own GPUs. submitit's local executor sets every
+    job's CUDA_VISIBLE_DEVICES to the first gpus_per_node GPUs (none by default: shards on a GPU node
+    ran on the CPU), so the devices are given job by job (``visible_gpus``)."""
+    gpus = local_gpus()
+    if not all(g.isdigit() for g in gpus):
+        raise ConfigError(f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({', '.join(gpus)}); submitit-local places "
+                          "shards by GPU index: give indices (e.g. 0,1,2,3), or use --executor local")
+    per_shard = (1 if gpus else 0) if gpus_per_node is None else int(gpus_per_node)
+    placement = shard_gpus(len(args[0]), per_shard, gpus)
+    jobs = []
+    for i, devices in enumerate(placement):
+        executor.update_parameters(gpus_per_node=len(devices), visible_gpus=tuple(int(d) for d in devices))
+        jobs.append(executor.submit(run_shard, *(a[i] for a in args)))
+        logger.info("shard %d of %d on %s", i + 1, len(placement),
+                    f"GPU {', '.join(devices)}" if devices else "the CPU (no GPU visible)")
+    return jobs
 
 
 def _wait(jobs: Sequence[Any]) -> list[str]:
