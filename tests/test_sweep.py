@@ -316,8 +316,10 @@ def comparable(path: Path) -> dict:
 def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path, tiny_vlm, domains, lora_experts):
     # chat_template_from: the base's own template (same answers), so the shards' pinned copy is exercised
     recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, chat_template_from=str(tiny_vlm.path))
-    full = sweep(recipe, tmp_path / "full")
+    full = sweep(recipe, tmp_path / "full", "--shards", "2")
     assert full.returncode == 0, full.stderr[-3000:]
+    assert "executor local scores in this process, one mixture after another: 2 shards ignored; " \
+        "--executor submitit-local runs them as processes, one per GPU" in full.stderr
     reference = comparable(tmp_path / "full" / "journal.jsonl")
     assert len(reference) == 5 * 2
     assert len({v[0] for v in reference.values()}) >= 1

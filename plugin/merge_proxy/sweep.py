@@ -550,6 +550,10 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
         return journal
     kind = executor or p.recipe.executor.type
     if kind == "local":
+        if (shards or p.recipe.executor.shards) > 1:
+            logger.warning("executor local scores in this process, one mixture after another: %d shards ignored; "
+                           "--executor submitit-local runs them as processes, one per GPU",
+                           shards or p.recipe.executor.shards)
         run_items(p.recipe, p.items, journal, p.sources)
     else:
         _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, p.sources)
