@@ -245,6 +245,8 @@ GOOD = {
         ({"method": "ties"}, r":\d+: method: must be one of linear, task_arithmetic"),
         ({"include_path": "no/such/dir"}, r":\d+: include_path: .* is not a directory"),
         ({"executor": {"type": "k8s"}}, r":\d+: executor.type: must be local, slurm or submitit-local"),
+        ({"executor": {"gpus_per_node": -1}}, r":\d+: executor.gpus_per_node: must be a whole number of GPUs"),
+        ({"executor": {"gpus_per_node": "two"}}, r":\d+: executor.gpus_per_node: must be a whole number of GPUs"),
         ({"experts": {"bad name": "ORG/x"}}, r":\d+: experts.bad name: invalid expert name"),
         ({"mode": "truth"}, r":\d+: truth: required"),
     ],
@@ -350,9 +352,12 @@ def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path,
     # SIGTERM to the submitter (its own SLURM time limit, scancel) cancels the shard jobs it waits for;
     # what they journaled is gathered, and the rerun submits only the rest.
     out = tmp_path / "submitit"
+    # Started with SIGINT ignored, as `merge-proxy sweep ... &` in a script is: submitit cancels local jobs
+    # with SIGINT, so the shards must not inherit that.
     proc = subprocess.Popen([str(SCRIPTS / "merge-proxy"), "sweep", str(recipe), "--out", str(out),
                              "--executor", "submitit-local", "--shards", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not any(p.read_text().strip() for p in out.glob("shards/*.jsonl")):
         time.sleep(0.2)
@@ -443,6 +448,12 @@ def test_resume_counts_only_finite_scores_of_its_own_mode_and_settings(tmp_path,
     Journal(out / "journal.jsonl").append(journal_record("proxy", "a=1,b=0", color, 0.5, {**same[color], "limit": 5}))
     with pytest.raises(ConfigError, match=rf"holds {color} scores made with other settings \(limit: 5 -> None\).*new --out"):
         plan(recipe_path, out)
+    # Scores post-processed before the sweep used lmms-eval's command-line defaults are not resumed into.
+    old = tmp_path / "old"
+    before_cli = {k: v for k, v in same[color].items() if k != "postprocess"}
+    Journal(old / "journal.jsonl").append(journal_record("proxy", "a=0,b=1", color, 0.5, before_cli))
+    with pytest.raises(ConfigError, match=r"other settings \(postprocess: None -> 'lmms-eval-cli'\)"):
+        plan(recipe_path, old)
     # Settings added later (max_score, chat_template_from) are stored only when used: records written
     # before them still resume; using one on a journal scored without it is a change.
     assert "max_score" not in same[color] and "chat_template_from" not in same[color]
@@ -499,6 +510,10 @@ def test_slurm_executor_off_a_cluster_says_so_in_one_line(tmp_path, tiny_vlm, do
 def test_local_shards_get_their_own_gpus(monkeypatch):
     from merge_proxy.sweep import local_gpus, shard_gpus
 
+    # read as CUDA reads it: up to the first empty/negative entry, nothing when an index repeats
+    for visible, gpus in (("0,1", ["0", "1"]), ("-1", []), ("", []), ("0,,1", ["0"]), ("1,1", []), ("2,-1,3", ["2"])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert local_gpus() == gpus, visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,GPU-8f1c,MIG-4a2b")
     assert local_gpus() == ["2", "3", "GPU-8f1c", "MIG-4a2b"]
     gpus = [str(i) for i in range(4)]
@@ -511,7 +526,8 @@ def test_local_shards_get_their_own_gpus(monkeypatch):
     from merge_proxy.sweep import _submit_local
 
     with pytest.raises(ConfigError, match=r"names GPUs by UUID \(2, 3, GPU-8f1c, MIG-4a2b\); submitit-local places"):
-        _submit_local(None, ([],), None)  # refused before anything is submitted
+        _submit_local(None, ([],), None, [])  # refused before anything is submitted
+    _submit_local(None, ([],), 0, [])  # gpus_per_node: 0 runs on the CPU, whatever the GPUs are named
 
 
 def _embedded_image_tasks(color_task_dir: Path, root: Path) -> Path:
@@ -556,7 +572,10 @@ def test_sweep_post_processes_documents_as_the_lmms_eval_command_line(tmp_path, 
     sweep scores as the command line does: the stripped task never sees its image, the other does."""
     from merge_proxy.sweep import Evaluator
 
+    import shutil
+
     include = _embedded_image_tasks(domains.lmms_eval_dir / "color", tmp_path / "tasks")
+    shutil.copytree(domains.lmms_eval_dir / "color", include / "color")
     recipe = load_recipe(write_recipe(tmp_path, tiny_vlm, domains, lora_experts,
                                       benchmarks=[{"task": "media_stripped", "limit": 2}, {"task": "media_kept", "limit": 2}],
                                       include_path=str(include)), output_dir=tmp_path / "out")
@@ -564,3 +583,25 @@ def test_sweep_post_processes_documents_as_the_lmms_eval_command_line(tmp_path, 
     model = evaluator.proxy(make_mixture("a=0.5,b=0.5", ["a", "b"]))
     stripped, kept = (evaluator.score(model, b)[0] for b in recipe.benchmarks)
     assert (stripped, kept) == (0.0, 1.0)
+
+    # The command line also strips reasoning blocks before scoring: a model answering
+    # "<think>...</think>red" scores on "red" (the fraction of red answers), not 0.
+    from lmms_eval.api.model import lmms
+
+    class Says(lmms):
+        def generate_until(self, requests):
+            return ["<think>it looks purple</think>red" for _ in requests]
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError
+
+    from merge_proxy.recipe import Benchmark
+
+    answers = [json.loads(line)["answer"] for line in (domains.lmms_eval_dir / "color" / "data.jsonl").read_text().splitlines()]
+    assert "red" in answers and len(set(answers)) > 1
+    assert evaluator.score(Says(), Benchmark(domains.tasks["color"]))[0] == answers.count("red") / len(answers)
+    # side files of tasks (ocrbench's breakdown) go under the sweep's directory, not the working directory
+    assert evaluator._cli_args.output_path == str(tmp_path / "out" / "lmms_eval")

@@ -251,6 +251,9 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     shards = executor_raw.get("shards", 1)
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise loc.error(("executor", "shards"), "must be a whole number of jobs, at least 1")
+    gpus = executor_raw.get("gpus_per_node")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+        raise loc.error(("executor", "gpus_per_node"), "must be a whole number of GPUs per job, 0 or more")
     executor = ExecutorSpec(
         type=str(executor_raw.get("type", "local")), shards=shards,
         slurm={k: v for k, v in executor_raw.items() if k not in ("type", "shards")},

@@ -109,6 +109,7 @@ def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
         "limit": benchmark.limit, "metric": list(benchmark.metric_names) or None, "method": recipe.method,
         "scale": recipe.scale, "backend": recipe.backend, "backend_args": recipe.backend_args,
         "max_score": benchmark.max_score, "chat_template_from": recipe.chat_template_from,
+        "postprocess": POSTPROCESS,
     }
     if found["metric"] and len(found["metric"]) == 1:
         found["metric"] = found["metric"][0]
@@ -116,8 +117,13 @@ def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in found.items() if v is not None or k in _ALWAYS}, sort_keys=True))
 
 
-#: Settings every journal record has held from the start (None included).
-_ALWAYS = ("limit", "metric", "method", "scale", "backend", "backend_args")
+#: Settings every journal record has held from the start (None included), and ``postprocess``, held
+#: since answers are post-processed as on lmms-eval's command line: a journal scored before then
+#: (images kept, reasoning blocks not stripped) is not resumed into.
+_ALWAYS = ("limit", "metric", "method", "scale", "backend", "backend_args", "postprocess")
+#: How lmms-eval post-processes answers in a sweep: with its command line's defaults (see
+#: :meth:`Evaluator._cli_args`).
+POSTPROCESS = "lmms-eval-cli"
 
 
 def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
@@ -275,22 +281,25 @@ class Evaluator:
 
     @cached_property
     def _cli_args(self):
-        """What ``lmms-eval --tasks ...`` hands evaluate(): its command line's defaults.
+        """What ``lmms-eval --tasks ...`` hands evaluate(): its command line's defaults, so a sweep
+        scores exactly as ``lmms-eval --model merge_proxy`` does.
 
-        Without them simple_evaluate post-processes every document with its media: each image is
-        decoded again after generation (0.9 ms a sample measured on 640x480 JPEGs, seconds per call of
-        a real benchmark, thousands of calls in a sweep), and a task whose metric reads a document
-        field the command line strips would score differently from ``lmms-eval --model merge_proxy``.
-        With them, as on the command line, only tasks that declare ``process_results_use_image`` keep
-        their images. lmms-eval builds its parser inside a function that reads sys.argv (its own
-        dispatcher rewrites sys.argv the same way)."""
+        Without them simple_evaluate post-processes differently from the command line: every
+        document keeps its media, so each image is decoded again after generation (0.9 ms a sample
+        measured on 640x480 JPEGs, seconds per call of a real benchmark, thousands of calls in a
+        sweep), and answers keep their ``<think>``/``<analysis>`` blocks, which the command line
+        strips before scoring. Side files some tasks write (ocrbench's results breakdown) go under the
+        sweep's directory, not the working directory. lmms-eval builds its parser inside a function
+        that reads sys.argv (its own dispatcher rewrites sys.argv the same way)."""
         import sys
         from unittest import mock
 
         from lmms_eval.__main__ import parse_eval_args
 
         with mock.patch.object(sys, "argv", ["lmms-eval"]):
-            return parse_eval_args()[1]
+            args = parse_eval_args()[1]
+        args.output_path = str(self.recipe.output_dir / "lmms_eval")
+        return args
 
     def score(self, model, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
         from lmms_eval.evaluator import simple_evaluate
@@ -419,12 +428,13 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
     args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned] * n, [base] * n, [template] * n)
-    if executor_type == "submitit-local":
-        jobs = _submit_local(executor, args, params.get("gpus_per_node"))
-    else:
-        jobs = executor.map_array(run_shard, *args)
-    logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
+    jobs: list[Any] = []
     try:
+        if executor_type == "submitit-local":
+            _submit_local(executor, args, params.get("gpus_per_node"), jobs)
+        else:
+            jobs.extend(executor.map_array(run_shard, *args))
+        logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
         failures = _wait(jobs)
     except KeyboardInterrupt:
         _cancel(jobs)
@@ -437,14 +447,30 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
 
 
 def local_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices, UUIDs or MIG
-    names), else every GPU torch sees, by index."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    import torch
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them, else every GPU torch sees.
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+    Read as CUDA reads it (and torch, ``torch.cuda._parse_visible_devices``): indices up to the first
+    entry that is empty, negative or not a number (``-1``: no GPU; ``0,,1``: GPU 0 only), no GPU at
+    all when an index repeats; ``GPU-``/``MIG-`` UUIDs are kept as names."""
+    import re
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    gpus: list[str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.startswith(("GPU-", "MIG-")):
+            gpus.append(entry)
+            continue
+        index = re.match(r"\d+", entry)
+        if index is None:
+            break
+        if str(int(index.group())) in gpus:
+            return []
+        gpus.append(str(int(index.group())))
+    return gpus
 
 
 def shard_gpus(shards: int, per_shard: int, gpus: Sequence[str]) -> list[tuple[str, ...]]:
@@ -458,23 +484,37 @@ def shard_gpus(shards: int, per_shard: int, gpus: Sequence[str]) -> list[tuple[s
     return [tuple(gpus[(i * per_shard + k) % len(gpus)] for k in range(per_shard)) for i in range(shards)]
 
 
-def _submit_local(executor: Any, args: tuple[list, ...], gpus_per_node: int | None) -> list[Any]:
-    """One submitit-local job per shard, each on its own GPUs. submitit's local executor sets every
-    job's CUDA_VISIBLE_DEVICES to the first gpus_per_node GPUs (none by default: shards on a GPU node
-    ran on the CPU), so the devices are given job by job (``visible_gpus``)."""
+def _submit_local(executor: Any, args: tuple[list, ...], gpus_per_node: int | None, jobs: list[Any]) -> None:
+    """One submitit-local job per shard, each on its own GPUs, appended to ``jobs`` as it starts (an
+    interrupt part-way cancels those). submitit's local executor sets every job's
+    CUDA_VISIBLE_DEVICES to the first gpus_per_node GPUs (none by default: shards on a GPU node ran
+    on the CPU), so the devices are given job by job (``visible_gpus``)."""
+    import signal
+
     gpus = local_gpus()
-    if not all(g.isdigit() for g in gpus):
+    per_shard = (1 if gpus else 0) if gpus_per_node is None else gpus_per_node
+    if per_shard and not all(g.isdigit() for g in gpus):
         raise ConfigError(f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({', '.join(gpus)}); submitit-local places "
                           "shards by GPU index: give indices (e.g. 0,1,2,3), or use --executor local")
-    per_shard = (1 if gpus else 0) if gpus_per_node is None else int(gpus_per_node)
     placement = shard_gpus(len(args[0]), per_shard, gpus)
-    jobs = []
-    for i, devices in enumerate(placement):
-        executor.update_parameters(gpus_per_node=len(devices), visible_gpus=tuple(int(d) for d in devices))
-        jobs.append(executor.submit(run_shard, *(a[i] for a in args)))
-        logger.info("shard %d of %d on %s", i + 1, len(placement),
-                    f"GPU {', '.join(devices)}" if devices else "the CPU (no GPU visible)")
-    return jobs
+    if per_shard and len(placement) * per_shard > len(gpus):
+        logger.warning("%d shards x %d GPU(s) on %d GPU(s): shards share GPUs (each loads its own model); "
+                       "pass --shards %d for one per GPU", len(placement), per_shard, len(gpus),
+                       max(1, len(gpus) // per_shard))
+    # submitit cancels a local job with SIGINT; a submitter started with SIGINT ignored (`cmd &` in a
+    # script) would pass that on and make its shards uncancellable: they start with it at default.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        for i, devices in enumerate(placement):
+            executor.update_parameters(gpus_per_node=len(devices), visible_gpus=tuple(int(d) for d in devices))
+            jobs.append(executor.submit(run_shard, *(a[i] for a in args)))
+            logger.info("shard %d of %d on %s", i + 1, len(placement),
+                        f"GPU {', '.join(devices)}" if devices else "the CPU (no GPU visible)")
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait(jobs: Sequence[Any]) -> list[str]:
