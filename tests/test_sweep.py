@@ -379,6 +379,7 @@ def test_killed_sweep_resumes_to_the_same_journal_and_submitit_matches(tmp_path,
     shards = sweep(recipe, out, "--executor", "submitit-local", "--shards", "2",
                    env={**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"})
     assert shards.returncode == 0, shards.stderr[-3000:]
+    assert "local shards run without a time limit (executor timeout_min sets one)" in shards.stderr
     assert comparable(out / "journal.jsonl") == reference
     second = {p.name for p in out.glob("shards/*.jsonl")} - first
     assert 1 <= len(second) <= 2  # the rerun's shards write new files, never an earlier job's

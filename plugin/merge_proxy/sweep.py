@@ -414,7 +414,8 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
         raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
                           "node, or use --executor local (this process) or submitit-local") from None
     params = dict(recipe.executor.slurm)
-    mapped: dict[str, Any] = {"timeout_min": int(params.pop("timeout_min", 240))}
+    timeout = params.pop("timeout_min", None)
+    mapped: dict[str, Any] = {"timeout_min": int(240 if timeout is None else timeout)}
     for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
                         ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
                         ("array_parallelism", "slurm_array_parallelism"), ("account", "slurm_account"),
@@ -422,7 +423,11 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
         if key in params:
             mapped[target] = params[key]
     if executor_type == "submitit-local":
-        executor.update_parameters(timeout_min=mapped["timeout_min"])
+        # No scheduler asks for a limit here: SLURM's 4-hour default would stop a long local sweep part-way
+        # (submitit then reports a bare KeyboardInterrupt).
+        executor.update_parameters(timeout_min=_NO_LIMIT_MIN if timeout is None else int(timeout))
+        logger.info("local shards run %s", "without a time limit (executor timeout_min sets one)"
+                    if timeout is None else f"for at most {int(timeout)} min (executor timeout_min)")
     else:
         executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
@@ -444,6 +449,10 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     if failures:
         raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
                           "rerun the same command to finish the remaining work")
+
+
+#: submitit-local's time limit when the recipe sets none: a year.
+_NO_LIMIT_MIN = 60 * 24 * 365
 
 
 def local_gpus() -> list[str]:
