@@ -392,8 +392,8 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
 
 def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int,
             sources: dict[str, str]) -> None:
-    try:
-        import submitit
+    try:  # before the sources are pinned
+        import submitit  # noqa: F401
     except ImportError:
         raise MissingDependencyError("submitit", "slurm", "executor slurm") from None
     from merge_proxy.experts import pin_source
@@ -406,36 +406,15 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     keys = [i.mixture.key() for i in items]
     n = max(1, min(shards, len(keys)))
     chunks = [keys[i::n] for i in range(n)]
-    try:
-        # submitit-local through LocalExecutor itself: only it takes visible_gpus, to place each shard
-        executor = (submitit.LocalExecutor(folder=out / "submitit") if executor_type == "submitit-local"
-                    else submitit.AutoExecutor(folder=out / "submitit", cluster="slurm"))
-    except RuntimeError as err:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
-        raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
-                          "node, or use --executor local (this process) or submitit-local") from None
     params = dict(recipe.executor.slurm)
-    timeout = params.pop("timeout_min", None)
-    mapped: dict[str, Any] = {"timeout_min": int(240 if timeout is None else timeout)}
-    for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
-                        ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
-                        ("array_parallelism", "slurm_array_parallelism"), ("account", "slurm_account"),
-                        ("qos", "slurm_qos")):
-        if key in params:
-            mapped[target] = params[key]
-    if executor_type == "submitit-local":
-        # No scheduler asks for a limit here: SLURM's 4-hour default would stop a long local sweep part-way
-        # (submitit then reports a bare KeyboardInterrupt).
-        executor.update_parameters(timeout_min=_NO_LIMIT_MIN if timeout is None else int(timeout))
-        logger.info("local shards run %s", "without a time limit (executor timeout_min sets one)"
-                    if timeout is None else f"for at most {int(timeout)} min (executor timeout_min)")
-    else:
-        executor.update_parameters(name=f"merge-proxy-{recipe.name}", **mapped)
+    local = executor_type == "submitit-local"
+    executor = _local_executor(out, params.get("timeout_min")) if local else _slurm_executor(out, recipe.name, params)
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
     args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned] * n, [base] * n, [template] * n)
     jobs: list[Any] = []
     try:
-        if executor_type == "submitit-local":
+        if local:
             _submit_local(executor, args, params.get("gpus_per_node"), jobs)
         else:
             jobs.extend(executor.map_array(run_shard, *args))
@@ -449,6 +428,39 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     if failures:
         raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
                           "rerun the same command to finish the remaining work")
+
+
+def _slurm_executor(out: Path, name: str, params: dict[str, Any]) -> Any:
+    """submitit's SLURM executor with the recipe's executor keys in submitit's names."""
+    import submitit
+
+    try:
+        executor = submitit.AutoExecutor(folder=out / "submitit", cluster="slurm")
+    except RuntimeError as err:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
+                          "node, or use --executor local (this process) or submitit-local") from None
+    mapped: dict[str, Any] = {"timeout_min": int(params.get("timeout_min", 240))}
+    for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
+                        ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
+                        ("array_parallelism", "slurm_array_parallelism"), ("account", "slurm_account"),
+                        ("qos", "slurm_qos")):
+        if key in params:
+            mapped[target] = params[key]
+    executor.update_parameters(name=f"merge-proxy-{name}", **mapped)
+    return executor
+
+
+def _local_executor(out: Path, timeout: int | None) -> Any:
+    """submitit's LocalExecutor itself (only it takes visible_gpus, to place each shard), without a
+    time limit unless the recipe sets one: no scheduler asks for one here, and SLURM's 4-hour default
+    would stop a long local sweep part-way (submitit then reports a bare KeyboardInterrupt)."""
+    import submitit
+
+    executor = submitit.LocalExecutor(folder=out / "submitit")
+    executor.update_parameters(timeout_min=_NO_LIMIT_MIN if timeout is None else int(timeout))
+    logger.info("local shards run %s", "without a time limit (executor timeout_min sets one)"
+                if timeout is None else f"for at most {int(timeout)} min (executor timeout_min)")
+    return executor
 
 
 #: submitit-local's time limit when the recipe sets none: a year.
