@@ -99,14 +99,20 @@ def plot_score_vs_weight(analysis: Analysis, out_dir: str | Path) -> Path:
                        facecolors="none", edgecolors="tab:red", lw=1.4, label="truth")
         ax.axvline(rec.weights[first], ls="--", color="grey", lw=1, label="recommended")
         ax.set_xlim(0, 1)
-        ax.set_title(f"{name} (weighted mean)" if agg else name, fontsize=9)
-        ax.set_xlabel(f"weight of {first} ({second} = 1 - x)", fontsize=8)
-        ax.set_ylabel("score", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _label_panel(ax, f"{name} (weighted mean)" if agg else name, f"weight of {first} ({second} = 1 - x)", "score")
         if i == 0:
             ax.legend(fontsize=7, loc="best")
     return _save(fig, Path(out_dir) / SCORE_VS_WEIGHT)
+
+
+def _label_panel(ax, title: str, xlabel: str, ylabel: str | None) -> None:
+    """The look every small-multiple panel shares: small title, labels and ticks, a light grid."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
 
 
 def barycentric_to_xy(a: float, b: float, c: float) -> tuple[float, float]:
@@ -199,12 +205,7 @@ def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
         ax.scatter([m.weights[domain] for m in best], [m.aggregate for m in best], marker="*", s=180, c="red",
                    edgecolors="black", zorder=3, label=label)
         ax.set_xlim(-0.02, 1.02)
-        ax.set_title(domain, fontsize=9)
-        ax.set_xlabel(f"weight of {domain}", fontsize=8)
-        if i % ncols == 0:
-            ax.set_ylabel("aggregate proxy score", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _label_panel(ax, domain, f"weight of {domain}", "aggregate proxy score" if i % ncols == 0 else None)
         if i == 0:
             ax.legend(fontsize=7, loc="best")
     return _save(fig, Path(out_dir) / DOMAIN_WEIGHTS)
@@ -230,12 +231,8 @@ def _scatter_panel(ax, comp: BenchmarkAnalysis) -> None:
         ax.scatter([comp.proxy_scores[m] for m in bests], [comp.truth_scores[m] for m in bests], marker="o",
                    s=160, facecolors="none", edgecolors="green", lw=2, zorder=3, label="truth's best")
     rho = comp.spearman
-    ax.set_title(f"{comp.benchmark}: Spearman {_fmt(rho.value)} [{_fmt(rho.low)}, {_fmt(rho.high)}], "
-                 f"n={comp.n}", fontsize=9)
-    ax.set_xlabel("proxy score", fontsize=8)
-    ax.set_ylabel("truth score", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
+    _label_panel(ax, f"{comp.benchmark}: Spearman {_fmt(rho.value)} [{_fmt(rho.low)}, {_fmt(rho.high)}], n={comp.n}",
+                 "proxy score", "truth score")
 
 
 def _truth_panels(analysis: Analysis) -> list[BenchmarkAnalysis]:

@@ -21,7 +21,7 @@ from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord, records_digest
-from merge_proxy.listing import some
+from merge_proxy.listing import head, some
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +86,11 @@ All mixtures by aggregate proxy score{% if truth %}, with the truth aggregate wh
 {% endif %}{% endfor %}
 {%- if incomplete %}
 Left out of the aggregate ranking (a weighted benchmark has no score; rerun the sweep to finish them):
-{% set shown = 20 if incomplete | length > 21 else 21 %}
-{%- for m, missing in (incomplete.items() | list)[:shown] %}
+{% for m, missing in incomplete_named %}
 - `{{ m }}`: no score on {{ missing | map("code") | join(", ") }}
 {%- endfor %}
-{%- if incomplete | length > shown %}
-- and {{ incomplete | length - shown }} more (`analysis.json` lists every one under `incomplete`)
+{%- if incomplete_more %}
+- and {{ incomplete_more }} more (`analysis.json` lists every one under `incomplete`)
 {%- endif %}
 {% endif %}
 ## Best mixture per benchmark
@@ -263,6 +262,7 @@ def render_report(analysis: Analysis, plots: Iterable[str | Path] = (), title: s
     """The Markdown of ``report.md``; ``plots`` are linked by file name (they sit next to it)."""
     truth = analysis.truth
     comparisons: list[BenchmarkAnalysis] = [truth.aggregate, *truth.benchmarks] if truth else []
+    incomplete_named, incomplete_more = head(analysis.incomplete.items(), LISTED)
     context = {
         "title": title or default_title(analysis),
         "domains": analysis.domains,
@@ -281,6 +281,8 @@ def render_report(analysis: Analysis, plots: Iterable[str | Path] = (), title: s
         ],
         **_ranking_rows(analysis),
         "incomplete": analysis.incomplete,
+        "incomplete_named": incomplete_named,
+        "incomplete_more": incomplete_more,
         "truth": truth,
         "comparisons": comparisons,
         "plots": [{"file": Path(p).name, "caption": _CAPTIONS.get(Path(p).name, Path(p).stem)} for p in plots],
@@ -303,7 +305,7 @@ def _ranking_rows(analysis: Analysis) -> dict[str, Any]:
     if skipped and shown[-1] != len(analysis.mixtures) - 1:
         rows.append(None)
     columns = 2 + len(analysis.domains) + len(analysis.benchmarks) + (2 if analysis.truth else 0)
-    return {"ranking_rows": rows, "ranking_gap": skipped, "ranking_top": min(RANKING_ROWS, len(shown)),
+    return {"ranking_rows": rows, "ranking_gap": skipped, "ranking_top": RANKING_ROWS,
             "ranking_csv": RANKING_CSV, "gap_row": "| ⋮ |" + " |" * (columns - 1)}
 
 
@@ -485,6 +487,9 @@ def result_card_context(
     truth = data.get("truth")
     correlations = [_card_comparison(c) for c in ([truth["aggregate"], *truth["benchmarks"]] if truth else [])]
     check = (truth or {}).get("recommendation")
+    # long lists are named in part, as in report.md: the card's template only loops
+    tied_named, tied_more = head(data["best"][AGGREGATE], LISTED)
+    untrained_named, untrained_more = head(check["untrained"] if check else (), LISTED)
     base = next((r.base for r in records if r.base and r.mode == "proxy"), None) or \
         next((r.base for r in records if r.base), {})
     domains = tuple(data["domains"])
@@ -493,10 +498,12 @@ def result_card_context(
         "recommended": {
             "mixture_id": rec["mixture_id"], "weights": dict(rec["weights"]), "score": rec["aggregate"],
             "truth_score": rec["truth_aggregate"], "tied": list(data["best"][AGGREGATE]),
+            "tied_named": tied_named, "tied_more": tied_more,
             "trained": None if check is None else check["trained"],
             "check": None if check is None else {
                 **check, "top1_text": _hit(check["top1_hit"]), "top3_text": _hit(check["top3_hit"]),
-                "regret_text": _num(check["regret"]), "truth_text": _num(check["truth_aggregate"])},
+                "regret_text": _num(check["regret"]), "truth_text": _num(check["truth_aggregate"]),
+                "untrained_named": untrained_named, "untrained_more": untrained_more},
         },
         "experts": _experts(records, domains),
         "base": dict(base),
