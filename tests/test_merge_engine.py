@@ -284,7 +284,7 @@ def test_cli_weight_errors(tmp_path, tiny_vlm, lora_experts, weights, message):
 def test_cli_names_a_duplicate_expert_name_not_the_weights(tmp_path, tiny_vlm, lora_experts):
     proc = merge_cli("--base", str(tiny_vlm.path), "--expert", f"a={lora_experts['a']}", "--expert",
                      f"a={lora_experts['b']}", "--weights", "0.3,0.7", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "two --expert are named 'a'; give each expert a different NAME" in proc.stderr
+    assert proc.returncode == 2 and "two experts are named 'a'; give each expert a different NAME" in proc.stderr
 
 
 def test_refuses_dora_and_modules_to_save(tmp_path, tiny_vlm):

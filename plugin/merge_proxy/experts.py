@@ -323,7 +323,7 @@ def resolve_merge_inputs(
     instead of after gigabytes of the base were fetched.
     """
     hub = hub or HubOptions()
-    parsed = _parse_specs(experts)
+    parsed = parse_expert_specs(experts)
     base_at = _locate(base, allow_pickle=allow_pickle, for_base=True, hub=hub)
     if base_at.kind != "full":
         raise ExpertError(f"{base_at.label} is a LoRA adapter; pass the model it adapts as the base")
@@ -338,10 +338,16 @@ def resolve_merge_inputs(
     return resolved_base, _fetch_experts(found, allow_pickle, hub)
 
 
-def _parse_specs(specs: Sequence[ExpertSpec | str]) -> list[ExpertSpec]:
+def parse_expert_specs(specs: Sequence[ExpertSpec | str]) -> list[ExpertSpec]:
+    """Parsed specs; names given twice are refused here, before anything is fetched (names derived
+    from the experts' own files are checked again after the fetch)."""
     parsed = [s if isinstance(s, ExpertSpec) else ExpertSpec.parse(s) for s in specs]
     if not parsed:
         raise ExpertError("no experts given; pass at least one NAME=SOURCE")
+    named = [s.name for s in parsed if s.name]
+    twice = next((n for n in named if named.count(n) > 1), None)
+    if twice:
+        raise ExpertError(f"two experts are named {twice!r}; give each expert a different NAME (NAME=SOURCE)")
     return parsed
 
 
@@ -368,5 +374,5 @@ def resolve_experts(
     """Resolve every expert, naming unnamed ones; all are located and checked before any download,
     and duplicate names are refused before any merge work."""
     hub = hub or HubOptions()
-    found = [_locate(s, allow_pickle=allow_pickle, for_base=False, hub=hub) for s in _parse_specs(specs)]
+    found = [_locate(s, allow_pickle=allow_pickle, for_base=False, hub=hub) for s in parse_expert_specs(specs)]
     return _fetch_experts(found, allow_pickle, hub)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "merge",
@@ -37,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from merge_proxy.engine import MergeMethod, build_plan
-    from merge_proxy.experts import ExpertSpec, resolve_merge_inputs
+    from merge_proxy.experts import ExpertSpec, parse_expert_specs, resolve_merge_inputs
     from merge_proxy.atomic import check_new_output_dir
     from merge_proxy.chat_template import load_chat_template
     from merge_proxy.errors import ConfigError
@@ -50,11 +49,7 @@ def run(args: argparse.Namespace) -> int:
                           "serve it with the template of your choice)")
     template = load_chat_template(args.chat_template_from) if args.chat_template_from else None
     method = MergeMethod(args.method, 1.0 if args.scale is None else args.scale)
-    specs = [ExpertSpec.parse(e) for e in args.expert]
-    named = [s.name for s in specs if s.name]
-    twice = sorted({n for n in named if named.count(n) > 1})
-    if twice:
-        raise ConfigError(f"two --expert are named {twice[0]!r}; give each expert a different NAME (NAME=SOURCE)")
+    specs = parse_expert_specs(args.expert)  # names given twice are refused here
     if all(s.name for s in specs):  # check the weights before any download or file read
         make_mixture(args.weights, [s.name for s in specs], method.name)
     base, experts = resolve_merge_inputs(
