@@ -386,6 +386,70 @@ def test_analyze_with_truth_matches_scipy_and_reports_unmatched(tmp_path, caplog
     assert analysis.mixture(_key(*ws[8])).truth_aggregate is None
 
 
+def _with_sources(records, experts=None, model=None, settings=None):
+    from dataclasses import replace
+
+    return [replace(r, experts=experts or [], model=model(r) if model else None, settings=settings or {})
+            for r in records]
+
+
+@pytest.mark.parametrize("truth_is_expert", [True, False])
+def test_single_expert_mixture_whose_truth_is_the_expert_is_left_out(truth_is_expert, caplog):
+    """The paper recipes score each expert as the truth of its one-domain mixture: the proxy at that
+    vertex IS the expert, so the pair agrees by construction and would inflate every correlation. A
+    one-domain model trained separately (the demo's) is a real comparison and stays."""
+    experts = [{"name": "a", "pinned": "org/a@1111"}, {"name": "b", "pinned": "org/b@2222"}]
+    ws = [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
+    proxy_tab = {w: {"x": s} for w, s in zip(ws, (0.9, 0.2, 0.5, 0.4, 0.1))}
+    truth_tab = {w: {"x": s} for w, s in zip(ws, (0.9, 0.5, 0.3, 0.2, 0.1))}
+    vertex_models = {_key(1.0, 0.0): "org/a@1111", _key(0.0, 1.0): "org/b@2222"}
+    if not truth_is_expert:
+        vertex_models = {k: v.replace("org/", "org/trained-") for k, v in vertex_models.items()}
+    proxy = _with_sources(_records("proxy", proxy_tab), experts=experts, settings={"method": "linear"})
+    truth = _with_sources(_records("truth", truth_tab),
+                          model=lambda r: vertex_models.get(r.mixture_id, f"org/mix@{r.mixture_id}"))
+    with caplog.at_level(logging.INFO, logger="merge_proxy.analysis"):
+        t = analyze(proxy, truth, n_boot=0).truth
+    kept = ws[1:4] if truth_is_expert else ws
+    assert t.same_model == (tuple(sorted(vertex_models)) if truth_is_expert else ())
+    assert t.n_matched == 5 and t.aggregate.n == len(kept)
+    px, tx = [proxy_tab[w]["x"] for w in kept], [truth_tab[w]["x"] for w in kept]
+    assert t.aggregate.spearman.value == pytest.approx(stats.spearmanr(px, tx).statistic)
+    assert t.benchmarks[0].kendall.value == pytest.approx(stats.kendalltau(px, tx).statistic)
+    assert ("left out of the proxy-truth comparison" in caplog.text) == truth_is_expert
+    from merge_proxy.report import render_report, result_card_context
+
+    analysis = analyze(proxy, truth, n_boot=0)
+    said = "2 single-expert mixture(s) whose truth model is the expert itself"
+    assert (said in render_report(analysis)) == truth_is_expert
+    assert result_card_context(analysis.to_dict(), proxy)["same_model"] == list(t.same_model)
+    # the vertices keep their truth scores for the ranking and the best-single-expert baseline
+    single = next(b for b in analyze(proxy, truth, n_boot=0).baselines if b.name == "best_single_expert")
+    assert single.mixture_id == _key(1.0, 0.0) and single.truth_aggregate == pytest.approx(0.9)
+
+
+def test_a_task_arithmetic_vertex_is_no_expert():
+    """With scale 0.5 the proxy at a vertex is theta_0 + 0.5 delta, another model than the expert."""
+    experts = [{"name": "a", "pinned": "org/a@1"}, {"name": "b", "pinned": "org/b@2"}]
+    ws = [(1.0, 0.0), (0.5, 0.5), (0.25, 0.75)]
+    proxy = _with_sources(_records("proxy", {w: {"x": i} for i, w in enumerate(ws)}), experts=experts,
+                          settings={"method": "task_arithmetic", "scale": 0.5})
+    truth = _with_sources(_records("truth", {w: {"x": i} for i, w in enumerate(ws)}),
+                          model=lambda r: "org/a@1" if r.mixture_id == _key(1.0, 0.0) else "org/m@3")
+    assert analyze(proxy, truth, n_boot=0).truth.same_model == ()
+
+
+def test_rank_correlations_see_the_ties_the_ranking_sees():
+    """Scores equal to 12 significant digits tie in the ranking; Spearman and Kendall treat them alike."""
+    x = [0.1, 0.2, 0.3, 0.3 + 1e-15, 0.5]
+    y = [0.1, 0.2, 0.35, 0.3, 0.5]
+    got = correlate(x, y, n_boot=0)
+    tied = [0.1, 0.2, 0.3, 0.3, 0.5]
+    assert got["spearman"].value == pytest.approx(stats.spearmanr(tied, y).statistic)
+    assert got["kendall"].value == pytest.approx(stats.kendalltau(tied, y).statistic)
+    assert got["spearman"].value != pytest.approx(stats.spearmanr(x, y).statistic)
+
+
 def test_truth_without_the_proxy_mixtures_errors():
     proxy = _records("proxy", {(0.25, 0.75): {"x": 0.5}, (0.5, 0.5): {"x": 0.6}})
     truth = _records("truth", {(0.1, 0.9): {"x": 0.5}})

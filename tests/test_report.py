@@ -124,7 +124,7 @@ def test_report_and_card_render(tmp_path, key):
         assert f"`{m}`" in md.split("Without a truth run")[1].split("\n\n")[0]
 
     data = json.loads(result.analysis_json.read_text())
-    assert data["schema"] == "merge-proxy/analysis" and data["schema_version"] == 2
+    assert data["schema"] == "merge-proxy/analysis" and data["schema_version"] == 3
     assert data["recommended"]["mixture_id"] == best
     assert data["recommended"]["aggregate"] == pytest.approx(means[best])
     assert len(data["mixtures"]) == len(proxy_tab)

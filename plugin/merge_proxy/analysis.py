@@ -34,7 +34,7 @@ from merge_proxy.listing import some
 logger = logging.getLogger(__name__)
 
 SCHEMA = "merge-proxy/analysis"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: top-k hits are expected rates (floats), ``best`` lists tied mixtures, ``truth.recommendation``
 judges the recommended mixture itself, ranks are equal for tied scores."""
 
@@ -392,12 +392,15 @@ def correlate(
         return out
     idx = bootstrap_indices(n, n_boot, seed) if n_boot else None
     alpha = (1 - confidence) / 2
+    # Rank statistics see the ties the ranking sees: scores equal to TIE_DIGITS digits are tied here too.
+    tied = np.array([_tie_key(v) for v in xa]), np.array([_tie_key(v) for v in ya])
     for method in METHODS:
-        value, pvalue = _scipy_statistic(method, xa, ya)
+        xm, ym = (xa, ya) if method == "pearson" else tied
+        value, pvalue = _scipy_statistic(method, xm, ym)
         low = high = math.nan
         valid = 0
         if idx is not None and math.isfinite(value):
-            dist = _bootstrap_distribution(method, xa, ya, idx)
+            dist = _bootstrap_distribution(method, xm, ym, idx)
             dist = dist[np.isfinite(dist)]
             valid = int(dist.size)
             if valid:
@@ -534,6 +537,10 @@ class TruthComparison:
     seed: int
     confidence: float
     recommendation: RecommendationCheck | None = None
+    same_model: tuple[str, ...] = ()
+    """Matched mixtures whose truth model is the expert their proxy is (:func:`proxy_is_truth`): left
+    out of the correlations, top-k and regret; their truth scores still count in the ranking, the
+    baselines and the recommendation's check."""
 
 
 @dataclass(frozen=True)
@@ -637,6 +644,7 @@ def analyze(
     may be passed for both). Raises :class:`ConfigError` for an empty proxy journal, truth records that
     share no mixture with the proxy, and benchmark weights naming unknown benchmarks.
     """
+    proxy_records = list(proxy_records)
     proxy = Scores.from_records(proxy_records, "proxy")
     if not proxy.scores:
         raise ConfigError(
@@ -672,9 +680,10 @@ def analyze(
     truth_scores_by_mix: dict[str, dict[str, float]] = {}
     truth_rank: dict[str, int] = {}
     if truth_records is not None:
+        truth_records = list(truth_records)
         truth_cmp, truth_agg, truth_scores_by_mix = _compare_truth(
             proxy, Scores.from_records(truth_records, "truth"), weights, n_boot=n_boot, seed=seed,
-            confidence=confidence,
+            confidence=confidence, same_model=proxy_is_truth(proxy_records, truth_records),
         )
         truth_rank = competition_ranks(truth_agg)
         truth_cmp = replace(truth_cmp, recommendation=check_recommendation(
@@ -731,8 +740,34 @@ def _baseline(name: str, row: MixtureResult | None) -> Baseline:
                     row.truth_aggregate, row.truth_rank)
 
 
+def proxy_is_truth(proxy_records: Iterable[JournalRecord], truth_records: Iterable[JournalRecord]) -> tuple[str, ...]:
+    """Mixtures whose truth model is the very expert their proxy reduces to: one expert at weight 1
+    (coefficient 1), and the truth run evaluated that expert's checkpoint, as the paper recipes do for
+    the single-expert baselines. Proxy and truth are then one model scored twice; counting such pairs
+    would raise every correlation by construction (they also sit at the extremes of the ranking).
+
+    Judged by the pinned sources the journals record (``repo@sha`` or a local path), so a one-domain
+    model trained separately (another run, as ``merge-proxy demo`` trains) still counts.
+    """
+    truth_model = {r.mixture_id: r.model for r in truth_records if r.mode == "truth" and r.model}
+    same = set()
+    for r in proxy_records:
+        if r.mode != "proxy" or r.mixture_id not in truth_model or r.mixture_id in same:
+            continue
+        at_one = [name for name, w in r.weights.items() if abs(w - 1.0) <= WEIGHT_TOLERANCE]
+        scale = r.settings.get("scale")
+        coefficient = 1.0 if r.settings.get("method", "linear") == "linear" or scale is None else float(scale)
+        if len(at_one) != 1 or abs(coefficient - 1.0) > WEIGHT_TOLERANCE:
+            continue
+        pinned = {e.get("name"): e.get("pinned") for e in r.experts}.get(at_one[0])
+        if pinned and pinned == truth_model[r.mixture_id]:
+            same.add(r.mixture_id)
+    return tuple(sorted(same))
+
+
 def _compare_truth(
     proxy: Scores, truth: Scores, weights: Mapping[str, float], *, n_boot: int, seed: int, confidence: float,
+    same_model: Sequence[str] = (),
 ) -> tuple[TruthComparison, dict[str, float], dict[str, dict[str, float]]]:
     if not truth.scores:
         raise ConfigError(
@@ -755,6 +790,10 @@ def _compare_truth(
     if only_truth:
         logger.warning("%d truth mixture(s) are not in the proxy journal and are left out: %s",
                        len(only_truth), some(only_truth))
+    if same_model:
+        logger.info("%d single-expert mixture(s) whose truth model is the expert itself are left out of the "
+                    "proxy-truth comparison (one model scored twice): %s", len(same_model), some(same_model))
+    compared = {m for m in common if m not in same_model}
     extra = [b for b in truth.benchmarks if b not in proxy.benchmarks]
     if extra:
         logger.warning("truth benchmarks the proxy has no score for (ignored): %s", ", ".join(extra))
@@ -762,8 +801,8 @@ def _compare_truth(
     missing = tuple(b for b in proxy.benchmarks if b not in truth.benchmarks)
     per_bench = []
     for b in shared:
-        p = {m: s for m, s in proxy.column(b).items() if m in truth.scores}
-        t = {m: s for m, s in truth.column(b).items() if m in proxy.scores}
+        p = {m: s for m, s in proxy.column(b).items() if m in compared}
+        t = {m: s for m, s in truth.column(b).items() if m in compared}
         per_bench.append(compare(p, t, b, n_boot=n_boot, seed=seed, confidence=confidence))
 
     agg_benchmarks = tuple(b for b in shared if weights.get(b, 0) > 0)
@@ -781,11 +820,13 @@ def _compare_truth(
     t_agg_all = truth.aggregate(sub)
     p_agg = {m: s for m, s in p_agg.items() if m in truth.scores}
     t_agg = {m: s for m, s in t_agg_all.items() if m in proxy.scores}
-    aggregate = compare(p_agg, t_agg, AGGREGATE, n_boot=n_boot, seed=seed, confidence=confidence)
+    aggregate = compare({m: s for m, s in p_agg.items() if m in compared},
+                        {m: s for m, s in t_agg.items() if m in compared},
+                        AGGREGATE, n_boot=n_boot, seed=seed, confidence=confidence)
     truth_scores = {m: dict(truth.scores[m]) for m in common}
     comparison = TruthComparison(
         n_matched=len(common), only_proxy=only_proxy, only_truth=only_truth, benchmarks=tuple(per_bench),
         aggregate=aggregate, aggregate_benchmarks=agg_benchmarks, missing_truth_benchmarks=missing,
-        n_boot=n_boot, seed=seed, confidence=confidence,
+        n_boot=n_boot, seed=seed, confidence=confidence, same_model=tuple(same_model),
     )
     return comparison, t_agg, truth_scores

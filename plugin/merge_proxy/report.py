@@ -105,7 +105,12 @@ Left out of the aggregate ranking (a weighted benchmark has no score; rerun the 
 {{ truth.n_matched }} mixture(s) scored by both. Intervals: {{ (truth.confidence * 100) | round | int }}% \
 percentile bootstrap over mixtures ({{ truth.n_boot }} resamples, seed {{ truth.seed }}).
 {%- if truth_partial %} **Different benchmark sets:** {{ truth_partial }}.{% endif %}
-{% if truth.only_proxy %}
+{% if truth.same_model %}
+Left out of the comparison: {{ truth.same_model | length }} single-expert mixture(s) whose truth model is the \
+expert itself, {{ truth.same_model | ids }}: their proxy is that same model (one expert at weight 1), so proxy \
+and truth agree by construction. Their truth scores still appear in the ranking and the baselines.
+{% endif %}
+{%- if truth.only_proxy %}
 Without a truth run (left out of the comparison): {{ truth.only_proxy | length }} mixture(s), {{ truth.only_proxy | ids }}.
 {% endif %}
 {%- if truth.only_truth %}
@@ -514,6 +519,7 @@ def result_card_context(
         "correlations": correlations,
         "confidence": truth["confidence"] if truth else None,
         "n_boot": truth["n_boot"] if truth else None,
+        "same_model": list(truth.get("same_model", ())) if truth else [],
         "has_truth": truth is not None,
         "ranking_csv": ranking_csv,
         "repo_id": None,
