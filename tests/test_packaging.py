@@ -80,7 +80,9 @@ def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
         "print(merge_proxy.__file__); print(r.list_recipes()); print(r.list_card_templates()); "
         "print(len(r.recipe_path('demo').read_text()) > 0, len(r.card_template('expert')) > 0); "
         "import merge_proxy.cli, pkgutil; merge_proxy.cli.build_parser(); "
-        "print(sorted(m.name for m in pkgutil.walk_packages(merge_proxy.__path__, 'merge_proxy.') if m.ispkg))"
+        "print(sorted(m.name for m in pkgutil.walk_packages(merge_proxy.__path__, 'merge_proxy.') if m.ispkg)); "
+        "import merge_proxy.tasks as t; print(sorted(p.name for p in t.tasks_dir().iterdir() if p.suffix in "
+        "('.yaml', '.py')))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
@@ -96,6 +98,9 @@ def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
         for p in (REPO_ROOT / "plugin" / "merge_proxy").rglob("__init__.py") if p.parent.name != "merge_proxy"
     )
     assert lines[4] == str(sorted([*source_packages, "merge_proxy.hub_cards", "merge_proxy.recipes"]))
+    # the lmms-eval tasks of the paper recipes: YAML files beside the module their !function entries load
+    shipped = sorted(p.name for p in (REPO_ROOT / "plugin" / "merge_proxy" / "tasks").iterdir() if p.suffix in (".yaml", ".py"))
+    assert lines[5] == str(shipped) and "cv_bench_2d_count.yaml" in shipped and "paper_metrics.py" in shipped
 
 
 def test_readme_links_to_files_that_exist():

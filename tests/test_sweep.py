@@ -113,14 +113,16 @@ def test_dirichlet_rounding_never_goes_negative_and_linear_refuses_negative_weig
 def test_shipped_recipes_rank_on_each_tasks_overall_metric():
     """mmstar and vmcbench declare a category first, MME two sums: the recipes say which metric to
     rank on, every named metric is one the task declares, and MME is brought to 0-1."""
-    from lmms_eval.tasks import TaskManager
+    from merge_proxy.sweep import _declared_metrics, load_tasks
 
-    from merge_proxy.sweep import _declared_metrics
-
-    tasks = TaskManager()
     for path in sorted((REPO_ROOT / "recipes").glob("*dom*.yaml")):
+        tasks, _ = load_tasks(load_recipe(path))  # also checks every task and metric name
         benchmarks = {b.task: b for b in load_recipe(path).benchmarks}
         assert (benchmarks["mmstar"].metric, benchmarks["vmcbench"].metric) == ("average", "average"), path.name
+        # the reference's tolerant metrics, from merge_proxy.tasks
+        assert {t: benchmarks[t].metric for t in ("cv_bench_2d_count", "pope_soft", "chartqa_soft")} == {
+            "cv_bench_2d_count": "count_acc_softer", "pope_soft": "pope_accuracy_soft",
+            "chartqa_soft": "relaxed_overall_soft"}, path.name
         for b in benchmarks.values():
             assert set(b.metric_names) <= set(_declared_metrics(tasks, b.task)), (path.name, b.task)
         if "internvl" in path.name:
@@ -296,6 +298,19 @@ def write_recipe(tmp_path: Path, tiny_vlm, domains, lora_experts, **extra) -> Pa
 def sweep(recipe: Path, out: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(SCRIPTS / "merge-proxy"), "sweep", str(recipe), "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def test_dry_run_checks_task_and_metric_names(tmp_path, tiny_vlm, domains, lora_experts):
+    """A dry run names a task or metric typo as the real run would, before a GPU job is submitted."""
+    color = domains.tasks["color"]
+    ok = sweep(write_recipe(tmp_path, tiny_vlm, domains, lora_experts), tmp_path / "ok", "--dry-run")
+    assert ok.returncode == 0 and "benchmarks: 2 task(s) and their metrics known to lmms-eval" in ok.stdout
+    bad = write_recipe(tmp_path, tiny_vlm, domains, lora_experts,
+                       benchmarks=[{"task": color, "metric": "count_acc_softer"}])
+    proc = sweep(bad, tmp_path / "bad", "--dry-run")
+    assert proc.returncode == 2 and f"benchmark {color} has no metric 'count_acc_softer'; its metrics: exact_match" \
+        in proc.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def shard_processes(out: Path) -> list[int]:

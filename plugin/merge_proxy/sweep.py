@@ -185,6 +185,32 @@ def _declared_metrics(tasks, task: str) -> list[str]:
     return [m["metric"] for m in (config or {}).get("metric_list") or [] if isinstance(m, dict) and "metric" in m]
 
 
+def load_tasks(recipe: Recipe):
+    """lmms-eval's task index for ``recipe`` (stock tasks, merge-proxy's :mod:`merge_proxy.tasks`, the
+    recipe's ``include_path``) and each benchmark's declared metrics, every benchmark's task and metric
+    checked: a typo fails now, not after a whole benchmark ran. Returns (TaskManager, task -> metrics)."""
+    from lmms_eval.tasks import TaskManager
+
+    from merge_proxy.tasks import tasks_dir
+
+    paths = [str(tasks_dir())] + ([str(recipe.include_path)] if recipe.include_path else [])
+    tasks = TaskManager(include_path=paths)
+    missing = [b.task for b in recipe.benchmarks if b.task not in tasks.all_tasks]
+    if missing:
+        raise ConfigError(
+            f"{recipe.path}: lmms-eval knows no task {', '.join(missing)}; check the name or include_path"
+        )
+    metrics = {b.task: _declared_metrics(tasks, b.task) for b in recipe.benchmarks}
+    for b in recipe.benchmarks:
+        unknown = [m for m in b.metric_names if metrics[b.task] and m not in metrics[b.task]]
+        if unknown:
+            raise ConfigError(
+                f"{recipe.path}: benchmark {b.task} has no metric {unknown[0]!r}; its metrics: "
+                f"{', '.join(metrics[b.task])}"
+            )
+    return tasks, metrics
+
+
 class Evaluator:
     """lmms-eval in this process, with one merged-proxy instance re-merged per mixture."""
 
@@ -193,26 +219,11 @@ class Evaluator:
             from lmms_eval.evaluator import simple_evaluate  # noqa: F401
         except ImportError:
             raise MissingDependencyError("lmms-eval", "lmms-eval", "merge-proxy sweep") from None
-        from lmms_eval.tasks import TaskManager
-
         self.recipe = recipe
         self.sources = sources
         # The submitter's pinned source (repo@sha) in a SLURM shard, else the recipe's.
         self.chat_template = chat_template or recipe.chat_template_from
-        self.tasks = TaskManager(include_path=str(recipe.include_path) if recipe.include_path else None)
-        missing = [b.task for b in recipe.benchmarks if b.task not in self.tasks.all_tasks]
-        if missing:
-            raise ConfigError(
-                f"{recipe.path}: lmms-eval knows no task {', '.join(missing)}; check the name or include_path"
-            )
-        self.metrics = {b.task: _declared_metrics(self.tasks, b.task) for b in recipe.benchmarks}
-        for b in recipe.benchmarks:  # a typo fails now, not after the whole benchmark ran
-            unknown = [m for m in b.metric_names if self.metrics[b.task] and m not in self.metrics[b.task]]
-            if unknown:
-                raise ConfigError(
-                    f"{recipe.path}: benchmark {b.task} has no metric {unknown[0]!r}; its metrics: "
-                    f"{', '.join(self.metrics[b.task])}"
-                )
+        self.tasks, self.metrics = load_tasks(recipe)
         self._proxy = None
 
     @cached_property

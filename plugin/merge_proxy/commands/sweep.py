@@ -40,7 +40,21 @@ def run(args: argparse.Namespace) -> int:
         for item in p.items:
             label = f"  {item.mixture.key()}" + (f"  [{item.model}]" if item.model else "")
             print(f"{label}: {', '.join(b.task for b in item.benchmarks)}")
+        print(_check_tasks(p.recipe))
         return 0
     journal = run_sweep(args.recipe, args.out, executor=args.executor, shards=args.shards)
     print(f"journal: {journal.path} ({len(journal.records())} records)")
     return 0
+
+
+def _check_tasks(recipe) -> str:
+    """Check the benchmarks' task and metric names as a real run does first (a few seconds), where
+    lmms-eval is installed: a login node without it still gets the plan."""
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        return "benchmarks: not checked (lmms-eval is not installed here)"
+    from merge_proxy.sweep import load_tasks
+
+    load_tasks(recipe)
+    return f"benchmarks: {len(recipe.benchmarks)} task(s) and their metrics known to lmms-eval"
