@@ -129,6 +129,12 @@ def test_shipped_recipes_rank_on_each_tasks_overall_metric():
             assert "max_pixels" not in load_recipe(path).backend_args  # a Qwen argument InternVL drops
 
 
+def test_the_demo_template_is_no_recipe_to_sweep_by_name():
+    with pytest.raises(ConfigError, match=r"template of `merge-proxy demo`.*run `merge-proxy demo`"):
+        load_recipe("demo")
+    assert load_recipe("qwen2vl-2b-2dom").name == "qwen2vl-2b-2dom"  # the others load by name
+
+
 def test_primary_metric_defaults_to_the_tasks_first_declared_metric():
     from merge_proxy.recipe import Benchmark
     from merge_proxy.sweep import _primary_metric
@@ -201,7 +207,7 @@ def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypa
         assert recipe.path == (REPO_ROOT / "recipes" / "qwen2vl-2b-3dom.yaml").resolve()
         assert recipe.output_dir == tmp_path / "sweeps" / "qwen2vl-2b-3dom"  # outputs stay out of the package
     with pytest.raises(ConfigError, match=r"recipe qwen2vl-9b\.yaml not found; give a file, or one of the shipped "
-                                          r"recipes: demo, internvl3\.5-2b-2dom"):
+                                          r"recipes: internvl3\.5-2b-2dom"):
         load_recipe("qwen2vl-9b.yaml")
 
 

@@ -19,7 +19,7 @@ import torch
 from merge_proxy.deltas import FullExpertReader, LoraFactor, load_lora_factors
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.experts import ExpertError, ResolvedModel
-from merge_proxy.mixture import Mixture, make_mixture
+from merge_proxy.mixture import METHODS, Mixture, make_mixture
 from merge_proxy.naming import ParameterNames
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class MergeMethod:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in ("linear", "task_arithmetic"):
-            raise MergeError(f"unknown merge method {self.name!r}; choose linear or task_arithmetic")
+        if self.name not in METHODS:
+            raise MergeError(f"unknown merge method {self.name!r}; choose one of: {', '.join(METHODS)}")
         if self.name == "linear" and self.scale != 1.0:
             raise MergeError("--scale applies to task_arithmetic only; linear weights already sum to 1")
         if not math.isfinite(self.scale):

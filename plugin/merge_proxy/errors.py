@@ -19,6 +19,10 @@ class ConfigError(MergeProxyError):
     """A command line, recipe or YAML block is malformed."""
 
 
+class CheckpointError(MergeProxyError):
+    """A weights file cannot be read as the safetensors file it claims to be."""
+
+
 class ResourceError(MergeProxyError):
     """A file shipped with the package (recipe, card template) is missing or unreadable."""
 

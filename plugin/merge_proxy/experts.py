@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from merge_proxy.errors import MergeProxyError
 from merge_proxy.hub import (
     HubError, HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision,
 )
+from merge_proxy.jsonfiles import read_json
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,6 @@ class ResolvedModel:
         return f"{self.source}@{self.revision}"
 
     @property
-    def domain(self) -> str | None:
-        return (self.metadata or {}).get("domain")
-
-    @property
     def declared_bases(self) -> tuple[str, ...]:
         """Names of the base this expert says it was trained from: expert.json's Hub id and local
         path, and the adapter config's base_model_name_or_path (empty when it says nothing)."""
@@ -136,10 +132,7 @@ def _hub_files(
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ExpertError(f"{path} is not valid JSON ({err}); re-publish or repair the file") from None
+    return read_json(path, "re-publish or repair the file", ExpertError)
 
 
 def _kind_from_files(files: Sequence[str], label: str, folders: Sequence[str] = ()) -> Kind:

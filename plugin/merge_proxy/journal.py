@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class JournalRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+#: The fields a record cannot be read without.
+_REQUIRED = tuple(f.name for f in fields(JournalRecord) if f.default is MISSING and f.default_factory is MISSING)
 
 #: A sweep directory's journal, and the folder where its SLURM shards journal the same records.
 JOURNAL_FILE = "journal.jsonl"
@@ -128,13 +131,15 @@ class Journal:
                 except json.JSONDecodeError:
                     logger.warning("%s:%d: ignoring a line that is not JSON", self.path, number)
                     continue
-                if data.get("schema") != SCHEMA:
+                if not isinstance(data, dict) or data.get("schema") != SCHEMA:
                     continue
-                yield JournalRecord.from_dict(data)
-
-    def keys(self) -> set[tuple[str, str, str]]:
-        """(mode, mixture_id, benchmark) of every record."""
-        return {r.key for r in self._iter()}
+                try:
+                    record = JournalRecord.from_dict(data)
+                except TypeError:  # a hand-edited or foreign line without the required fields
+                    logger.warning("%s:%d: ignoring a record without %s", self.path, number,
+                                   ", ".join(f for f in _REQUIRED if f not in data) or "its required fields")
+                    continue
+                yield record
 
     def append(self, record: JournalRecord) -> None:
         self.append_many([record])

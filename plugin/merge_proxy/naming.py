@@ -10,7 +10,6 @@ memory, no weights), so the merge works for any architecture transformers can lo
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,16 @@ class ParameterNames:
     def from_pretrained_dir(cls, path: str | Path) -> ParameterNames:
         from transformers import AutoConfig
 
-        return cls.from_config(AutoConfig.from_pretrained(path))
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except ValueError as err:  # an unknown model_type: transformers says which, in many lines
+            import transformers
+
+            raise NamingError(
+                f"transformers {transformers.__version__} cannot read the config of {path}: "
+                f"{str(err).splitlines()[0]}; use a base model transformers can load (or upgrade transformers)"
+            ) from None
+        return cls.from_config(config)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ParameterNames:
@@ -123,17 +131,19 @@ def read_safetensors_index(model_dir: Path) -> dict[str, Path]:
     """Checkpoint key -> the safetensors file holding it (sharded or single-file checkpoints)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        from merge_proxy.jsonfiles import read_json
+
+        data = read_json(index, "download the checkpoint again")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise NamingError(f"{index} has no weight_map; download the checkpoint again")
         return {key: model_dir / fname for key, fname in weight_map.items()}
     files = sorted(model_dir.glob("*.safetensors"))
     files = [f for f in files if not f.name.startswith("adapter_")]
     if not files:
         return {}
-    from safetensors import safe_open
+    from merge_proxy.safetensors_io import SafetensorsReader
 
-    mapping: dict[str, Path] = {}
-    for f in files:
-        with safe_open(f, framework="pt") as handle:
-            for key in handle.keys():
-                mapping[key] = f
-    return mapping
+    # Headers only, with the reader the merge uses (no memory map; a damaged file or an LFS pointer
+    # is named as such).
+    return {key: f for f in files for key in SafetensorsReader(f).tensors}

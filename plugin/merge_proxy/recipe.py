@@ -141,11 +141,19 @@ def _find_recipe(path: Path) -> Path:
         return path
     from merge_proxy import resources
 
-    shipped = resources.list_recipes()
+    # The demo's recipe is a template `merge-proxy demo` fills in beside the model and data it builds.
+    shipped = [r for r in resources.list_recipes() if r != DEMO_TEMPLATE]
     name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name == DEMO_TEMPLATE:
+        raise ConfigError(f"the shipped {DEMO_TEMPLATE!r} recipe is the template of `merge-proxy demo`, which builds "
+                          "the model, data and Hub it needs: run `merge-proxy demo` (its recipe is then OUT/demo.yaml)")
     if path.parent == Path(".") and name in shipped:
         return Path(str(resources.recipe_path(name)))
     raise ConfigError(f"recipe {path} not found; give a file, or one of the shipped recipes: {', '.join(shipped)}")
+
+
+#: The shipped recipe that is only a template for ``merge-proxy demo``.
+DEMO_TEMPLATE = "demo"
 
 
 def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recipe:

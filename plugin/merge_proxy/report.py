@@ -19,6 +19,7 @@ from typing import Any
 
 from merge_proxy.analysis import AGGREGATE, Analysis, BenchmarkAnalysis, analyze
 from merge_proxy.atomic import atomic_output_dir, check_new_output_dir
+from merge_proxy.jsonfiles import read_json
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord, records_digest
 from merge_proxy.listing import head, some
@@ -450,8 +451,8 @@ def load_analysis(report_dir: str | Path) -> dict[str, Any]:
     path = Path(report_dir) / ANALYSIS_JSON
     if not path.is_file():
         raise ConfigError(f"no {ANALYSIS_JSON} in {report_dir}; pass a directory written by `merge-proxy report`")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+    data = read_json(path, "rerun `merge-proxy report` to rewrite the report")
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(
             f"{path} has schema {data.get('schema')!r} version {data.get('schema_version')!r}, this merge-proxy "
             f"writes {SCHEMA!r} version {SCHEMA_VERSION}; rerun `merge-proxy report` to rewrite the report"

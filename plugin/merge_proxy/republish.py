@@ -7,7 +7,6 @@ settings that LLaMA-Factory does not save in plain text, and flags supply the re
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import EXPERT_METADATA_FILE
 from merge_proxy.hub import HubOptions, is_repo_id, looks_like_repo_id
+from merge_proxy.jsonfiles import read_json
 from merge_proxy.provenance import (
     PublishSpec,
     build_expert_json,
@@ -34,7 +34,8 @@ def _args_from_dir(output_dir: Path, config: str | None) -> dict:
         args, _ = split_expert_block(read_config(config, ()), config)
         return args
     adapter = output_dir / "adapter_config.json"
-    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+    config = read_json(adapter, "save the adapter again (PEFT's save_pretrained)") if adapter.is_file() else {}
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     return {"model_name_or_path": base, "output_dir": str(output_dir),
             "finetuning_type": "lora" if adapter.is_file() else "full"}
 
@@ -56,7 +57,10 @@ def publish_directory(
     if not output_dir.is_dir():
         raise ConfigError(f"{output_dir} is not a directory; pass LLaMA-Factory's output_dir")
     existing_path = output_dir / EXPERT_METADATA_FILE
-    existing = json.loads(existing_path.read_text(encoding="utf-8")) if existing_path.is_file() else None
+    existing = read_json(existing_path, "repair it, or delete it and pass --domain and --base-model") \
+        if existing_path.is_file() else None
+    if existing is not None and not isinstance(existing, dict):
+        raise ConfigError(f"{existing_path} is not an expert.json (a JSON object); repair or delete it")
     domain = domain or (existing or {}).get("domain")
     if not domain:
         raise ConfigError(f"{output_dir} has no {EXPERT_METADATA_FILE}; pass --domain D (the data domain)")

@@ -120,9 +120,15 @@ def benchmark_weights(inputs: ResultsInput, override: str | None) -> dict[str, f
 
     data = yaml.safe_load(inputs.recipe.read_text(encoding="utf-8")) or {}
     weights = {}
-    for item in data.get("benchmarks") or []:
+    for item in (data.get("benchmarks") if isinstance(data, dict) else None) or []:
         item = {"task": item} if isinstance(item, str) else item
-        weights[str(item["task"])] = float(item.get("weight", 1.0))
+        try:
+            weights[str(item["task"])] = float(item.get("weight", 1.0))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ConfigError(
+                f"{inputs.recipe}: benchmark {item!r} is not a task name or {{task: NAME, weight: W}}; repair the "
+                "recipe, or give the weights with --weights TASK=W,..."
+            ) from None
     return weights or None
 
 

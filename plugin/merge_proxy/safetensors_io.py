@@ -19,10 +19,13 @@ from pathlib import Path
 
 import torch
 
+from merge_proxy.errors import CheckpointError
+
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F8_E8M0": torch.float8_e8m0fnu,  # MXFP8 block scales
 }
 NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
@@ -45,14 +48,29 @@ class SafetensorsReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         with self.path.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            head = fh.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                if not 0 < length <= self.path.stat().st_size - 8:
+                    raise ValueError(f"header length {length}")
+                header = json.loads(fh.read(length))
+                self.tensors: dict[str, TensorInfo] = {
+                    key: TensorInfo(str(v["dtype"]), tuple(v["shape"]), v["data_offsets"][0], v["data_offsets"][1])
+                    for key, v in header.items() if key != "__metadata__"
+                }
+            except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
+                raise CheckpointError(
+                    f"{self.path} is not a readable safetensors file ({err}); it may be damaged, cut short, or a "
+                    "Git LFS pointer instead of the weights (git lfs pull, or download it again)"
+                ) from None
+        self.metadata: dict[str, str] = header.get("__metadata__") or {}
         self._data_start = 8 + length
-        self.tensors: dict[str, TensorInfo] = {
-            key: TensorInfo(v["dtype"], tuple(v["shape"]), v["data_offsets"][0], v["data_offsets"][1])
-            for key, v in header.items()
-        }
+        unknown = sorted({t.dtype for t in self.tensors.values()} - set(DTYPES))
+        if unknown:
+            raise CheckpointError(
+                f"{self.path} stores tensors of dtype {', '.join(unknown)}, which merge-proxy cannot read; "
+                f"it reads {', '.join(DTYPES)}"
+            )
 
     def keys(self) -> list[str]:
         return list(self.tensors)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from merge_proxy.mixture import METHODS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", required=True, help="NAME=W,NAME=W (or W,W in --expert order)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
-    p.add_argument("--method", default="linear", choices=("linear", "task_arithmetic"))
+    p.add_argument("--method", default="linear", choices=METHODS)
     p.add_argument("--scale", type=float, default=None, help="task_arithmetic: multiplier of the summed deltas")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="output dtype (auto: the base's)")
     p.add_argument("--format", default="full", choices=("full", "lora"), dest="fmt",

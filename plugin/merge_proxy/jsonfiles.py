@@ -1,0 +1,23 @@
+"""Reading the JSON files users hand us (expert.json, analysis.json, adapter and index files).
+
+A damaged or hand-edited file must end in one line that names the file and the fix, not in a
+JSONDecodeError traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from merge_proxy.errors import ConfigError, MergeProxyError
+
+
+def read_json(path: str | Path, fix: str, error: type[MergeProxyError] = ConfigError) -> Any:
+    """The parsed content of ``path``; ``error`` (naming the file, the parse error and ``fix``) when it
+    is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from None
