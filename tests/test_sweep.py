@@ -319,6 +319,62 @@ def test_dry_run_checks_task_and_metric_names(tmp_path, tiny_vlm, domains, lora_
     assert not (tmp_path / "bad").exists()
 
 
+def _journal_of(out: Path, base: str, experts: dict[str, str], pinned: dict[str, str] | None = None) -> None:
+    from merge_proxy.journal import JournalRecord
+
+    pinned = pinned or experts
+    record = JournalRecord(
+        "proxy", "a=0.5,b=0.5", {"a": 0.5, "b": 0.5}, "synth_color", 0.5,
+        base={"source": base, "pinned": base},
+        experts=[{"name": n, "source": s, "pinned": pinned[n]} for n, s in experts.items()])
+    Journal(out / "journal.jsonl").append(record)
+    (out / "recipe.yaml").write_text("# recipe A\n")
+
+
+def test_a_journal_of_other_experts_is_not_resumed(tmp_path, tiny_vlm, domains, lora_experts):
+    """Recipe B run into recipe A's directory (experts swapped, another expert) would count A's scores
+    as done and rank them with B's; refused before anything runs, recipe.yaml left as it was."""
+    a, b = str(lora_experts["a"]), str(lora_experts["b"])
+    out = tmp_path / "out"
+    _journal_of(out, str(tiny_vlm.path), {"a": b, "b": a})  # scored with the experts swapped
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
+    for extra in (("--dry-run",), ()):
+        proc = sweep(recipe, out, *extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"holds proxy scores merged from other models (a: {b} -> {a}; b: {a} -> {b})" in proc.stderr
+        assert "pass a new --out (or output_dir), or move the old journal away" in proc.stderr
+    assert (out / "recipe.yaml").read_text() == "# recipe A\n"
+
+    # Same sources, but the journal's proxies merged another commit (a re-published expert): refused
+    # once the sources are resolved, before a score is written.
+    out = tmp_path / "republished"
+    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, pinned={"a": a + "@1111111", "b": b})
+    proc = sweep(recipe, out)
+    assert proc.returncode == 2 and f"(a: {a}@1111111 -> {a})" in proc.stderr, proc.stderr[-2000:]
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 1
+
+    # A run that fails its checks writes nothing: no new directory holding only a recipe.
+    typo = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, benchmarks=[{"task": "synth_colr"}])
+    proc = sweep(typo, tmp_path / "new")
+    assert proc.returncode == 2 and "lmms-eval knows no task synth_colr" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_truth_journal_of_other_trained_models_is_not_resumed(tmp_path):
+    from merge_proxy.journal import JournalRecord
+    from merge_proxy.recipe import Benchmark
+    from merge_proxy.sweep import WorkItem, check_truth_models
+
+    mix = make_mixture("a=0.5,b=0.5", ["a", "b"])
+    record = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="org/mixed-a5b5@" + "1" * 40)
+    same = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5@main")]  # another revision of it: the same model
+    check_truth_models([record], same, tmp_path)
+    other = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5-v2")]
+    with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from org/mixed-a5b5, the recipe "
+                                          r"trains it as org/mixed-a5b5-v2"):
+        check_truth_models([record], other, tmp_path)
+
+
 def shard_processes(out: Path) -> list[int]:
     """Live processes that belong to the sweep's submitit jobs (their command line names its folder)."""
     pids = []

@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -143,6 +143,62 @@ def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
             f"{recipe.output_dir} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
             "mix two experiments: pass a new --out (or output_dir), or move the old journal away"
         )
+
+
+def _identity(source: str | None) -> str | None:
+    """A source as it names one model: a local directory by its absolute path, anything else as is."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def check_models(records: Sequence[JournalRecord], mode: str, base: str | None, experts: Mapping[str, str],
+                 where: Path, key: str = "source") -> None:
+    """Refuse to resume into a journal whose proxies merged other models: another base, another expert
+    under a name (recipe B run into recipe A's directory), or, with ``key="pinned"``, another commit of
+    a re-published expert. Their scores would be counted as done and ranked with the new ones.
+
+    ``key`` is the record field compared: ``source`` (what the recipe names, known before anything is
+    fetched) or ``pinned`` (``repo@sha``, known once the sources are resolved).
+    """
+    want = {"base": _identity(base), **{name: _identity(s) for name, s in experts.items()}}
+    seen: set[tuple] = set()
+    for record in records:
+        if record.mode != mode or mode != "proxy" or not record.experts:
+            continue
+        have_raw = (record.base.get(key), tuple((e.get("name"), e.get(key)) for e in record.experts))
+        if have_raw in seen:
+            continue
+        seen.add(have_raw)
+        have = {"base": _identity(have_raw[0]), **{name: _identity(s) for name, s in have_raw[1]}}
+        changed = [f"{k}: {have.get(k)} -> {want.get(k)}" for k in sorted(set(have) | set(want), key=str)
+                   if have.get(k) != want.get(k)]
+        if changed:
+            raise ConfigError(
+                f"{where} holds proxy scores merged from other models ({'; '.join(changed)}); resuming would "
+                "rank two sets of experts together: pass a new --out (or output_dir), or move the old journal away"
+            )
+
+
+def check_truth_models(records: Sequence[JournalRecord], items: Sequence[WorkItem], where: Path) -> None:
+    """Refuse to resume a truth journal whose mixtures were scored on other trained models."""
+    wanted = {i.mixture.key(): _identity(_without_revision(i.model)) for i in items if i.model}
+    for record in records:
+        if record.mode != "truth" or not record.model or record.mixture_id not in wanted:
+            continue
+        have = _identity(_without_revision(record.model))
+        if have != wanted[record.mixture_id]:
+            raise ConfigError(
+                f"{where} holds truth scores of {record.mixture_id} from {have}, the recipe trains it as "
+                f"{wanted[record.mixture_id]}: pass a new --out (or output_dir), or move the old journal away"
+            )
+
+
+def _without_revision(source: str | None) -> str | None:
+    from merge_proxy.experts import ExpertSpec
+
+    return ExpertSpec.parse(source).source if source else None
 
 
 def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
@@ -339,6 +395,7 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
     lmms_version = version("lmms-eval")
     total = sum(len(i.benchmarks) for i in items)
     written = 0
+    checked = False
     with tqdm(total=total, desc=f"sweep {recipe.name}", unit="score") as bar:
         for item in items:
             started = time.perf_counter()
@@ -349,6 +406,12 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
                 model, pinned_model = evaluator.truth_model(item.model)
             merge_s = time.perf_counter() - started
             base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
+            if not checked:  # the commits now merged against those the journal's scores came from
+                if item.model is None:
+                    check_models(all_records(recipe.output_dir), "proxy", base.get("pinned"),
+                                 {e["name"]: e["pinned"] for e in experts}, recipe.output_dir, key="pinned")
+                keep_recipe(recipe)
+                checked = True
             for benchmark in item.benchmarks:
                 t0 = time.perf_counter()
                 score, metrics = evaluator.score(model, benchmark)
@@ -366,6 +429,15 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
                 del model
                 _release_memory()
     return written
+
+
+def keep_recipe(recipe: Recipe) -> None:
+    """The recipe beside its journal (the report reads its benchmark weights), written once the run has
+    passed every check and produced a model: a run that fails before leaves the directory as it was."""
+    from merge_proxy.atomic import atomic_write_text
+
+    recipe.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recipe.output_dir / "recipe.yaml", recipe.path.read_text(encoding="utf-8"))
 
 
 def _release_memory() -> None:
@@ -411,6 +483,8 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
 
     pinned = {name: pin_source(source) for name, source in sources.items()}
     base = pin_source(recipe.base)
+    if recipe.mode == "proxy":  # a re-published expert (a new commit) is refused before any job is queued
+        check_models(all_records(out), "proxy", base, pinned, out, key="pinned")
     template = pin_source(recipe.chat_template_from) if recipe.chat_template_from else None
     logger.info("shards merge base %s and experts %s%s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()),
                 f", prompting with the chat template of {template}" if template else "")
@@ -603,6 +677,9 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     if recipe.output_dir.exists():
         records = all_records(recipe.output_dir)
         check_settings(recipe, records)
+        check_models(records, recipe.mode, _without_revision(recipe.base),
+                     {n: _without_revision(s) for n, s in sources.items()}, recipe.output_dir)
+        check_truth_models(records, items, recipe.output_dir)
         done = scored(records, recipe.mode)
     todo = pending(items, done)
     total = sum(len(i.benchmarks) for i in items)
@@ -614,11 +691,12 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
     """Score everything the recipe asks for that the journal does not hold yet."""
     p = plan(recipe_path, out_dir)
     out = p.recipe.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(p.recipe.path.read_text(encoding="utf-8"), encoding="utf-8")
-    journal = gather(out)  # shards an earlier (killed) submitter never gathered; this is the one writer
+    # shards an earlier (killed) submitter never gathered; this is the one writer
+    journal = gather(out) if out.is_dir() else Journal(out / JOURNAL_FILE)
     logger.info("sweep %s: %d of %d scores done, %d mixtures to go", p.recipe.name, p.done, p.total, len(p.items))
     if not p.items:
+        if journal.path.is_file():
+            keep_recipe(p.recipe)
         return journal
     kind = executor or p.recipe.executor.type
     if kind == "local":
