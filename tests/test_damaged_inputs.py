@@ -103,3 +103,16 @@ def test_a_journal_line_without_the_required_fields_is_skipped_with_a_warning(tm
         records = Journal(sweep / "journal.jsonl").records()
     assert len(records) == 3
     assert "journal.jsonl:4: ignoring a record without weights, benchmark, score" in caplog.text
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path):
+    """`merge-proxy sweep RECIPE --dry-run | head -1`: quiet, as any command killed by SIGPIPE."""
+    import os
+
+    proc = subprocess.Popen([str(SCRIPTS / "merge-proxy"), "sweep", "qwen2vl-2b-4dom", "--dry-run"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout.readline().startswith("sweep qwen2vl-2b-4dom (proxy): 0 of 350 scores done")
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert "error" not in proc.stderr.read()

@@ -552,3 +552,17 @@ def test_fixtures_for_subprocesses_and_in_process_clients(
     )
     assert Path(path).read_bytes() == b"hi"
     assert hub_api.model_info("tester/in-process").sha == commit.oid
+
+
+def test_a_relative_data_dir_serves_downloads(tmp_path: Path, monkeypatch) -> None:
+    """`python -m merge_proxy.testing hub --data hubdata`: a path relative to the working directory (Flask
+    resolved it against the server's package and answered every download with 500)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    monkeypatch.chdir(tmp_path)
+    with HubEmulator("hubdata") as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("tester/rel")
+        api.upload_file(path_or_fileobj=b"hello", path_in_repo="a.txt", repo_id="tester/rel")
+        path = hf_hub_download("tester/rel", "a.txt", endpoint=hub.endpoint, token=hub.token, cache_dir=tmp_path / "c")
+        assert Path(path).read_bytes() == b"hello"

@@ -107,6 +107,12 @@ BAD_ARGUMENTS = [
     ("pretrained={base},experts=a={a},weights=a=1,backend=vllm", "keeps the model outside this process"),
     ("pretrained={base},experts=a={a},weights=a=1,bogus_key=1", "backend 'qwen2_vl' refused its arguments"),
     ("pretrained={base},experts=a={a},weights=a=1,scale=half", "scale='half' is not a number"),
+    ("pretrained={base},experts=a={a},weights=a=1,base_check=flase", "base_check='flase': write base_check=true"),
+    ("pretrained={base},experts=a={a},weights=a=1,keep_base_on=gpu", "keep_base_on='gpu': use cpu, cuda or cuda:N"),
+    # commas where lmms-eval needs ';': the stray halves went to the backend, and the message says so
+    ("pretrained={base},experts=a={a};b={b},weights=a=0.5,b=0.5",
+     "lmms-eval splits model_args on commas: separate experts and weights with ';', e.g. weights=a=0.5;b=0.5; "
+     "these went to the backend as arguments: b=0.5"),
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from merge_proxy.engine import MergeMethod, build_plan
-from merge_proxy.errors import MergeProxyError
+from merge_proxy.errors import ConfigError, MergeProxyError
 from merge_proxy.experts import ExpertSpec, resolve, resolve_experts
 from merge_proxy.export import export_full, export_lora
 from merge_proxy.inplace import InPlaceMerger
@@ -510,29 +510,76 @@ def test_in_place_merge_does_not_depend_on_the_callers_expert_order(tiny_vlm, lo
     assert [k for k, v in merger.model.state_dict().items() if not torch.equal(v, first[k])] == []
 
 
-def test_sigterm_mid_export_leaves_no_directory(tmp_path, monkeypatch, tiny_vlm, full_experts):
-    """SLURM's time limit or scancel sends SIGTERM: the CLI unwinds like Ctrl-C and removes the partial output."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_mid_export_leaves_no_directory(tmp_path, monkeypatch, tiny_vlm, full_experts, signame):
+    """SLURM's time limit or scancel sends SIGTERM, a dropped ssh session SIGHUP: the CLI unwinds like
+    Ctrl-C and removes the partial output, and the parent directories it created for it."""
     import os
     import signal
 
     import merge_proxy.export
     from merge_proxy.cli import main
 
+    signum = getattr(signal, signame)
     real = merge_proxy.export.write_streaming
 
     def write_then_terminated(*args, **kwargs):
         real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(merge_proxy.export, "write_streaming", write_then_terminated)
-    previous = signal.getsignal(signal.SIGTERM)
-    out = tmp_path / "out"
+    previous = signal.getsignal(signum)
+    out = tmp_path / "new" / "deep" / "out"
     rc = main(["merge", "--base", str(tiny_vlm.path), "--expert", f"f={full_experts['f1']}", "--weights", "f=1",
                "--out", str(out)])
-    assert rc == 143
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert rc == 128 + signum
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signum) is previous
+
+
+def test_outputs_follow_the_umask_and_orphans_are_removed(tmp_path):
+    """mkdtemp/mkstemp create 0700/0600: a merged model or report on a shared cluster must be readable
+    by the group as any file the user writes. A staging directory left by a killed process of this host
+    is removed by the next output to the same place; another live process's is left alone."""
+    import os
+    import socket
+    import stat
+    import subprocess
+
+    from merge_proxy.atomic import atomic_output_dir, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        with atomic_output_dir(tmp_path / "out") as staging:
+            (staging / "f").write_text("x")
+        atomic_write_text(tmp_path / "recipe.yaml", "a: 1\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "recipe.yaml").stat().st_mode) == 0o640
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = tmp_path / f".model.partial-{host}-{dead.pid}-abc"
+    alive = tmp_path / f".model.partial-{host}-{os.getppid()}-def"
+    elsewhere = tmp_path / f".model.partial-otherhost-{dead.pid}-ghi"
+    for d in (orphan, alive, elsewhere):
+        d.mkdir()
+    with atomic_output_dir(tmp_path / "model"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == sorted(
+        [alive.name, elsewhere.name])
+
+
+def test_outputs_that_cannot_be_made_are_refused_before_any_work(tmp_path):
+    from merge_proxy.atomic import check_new_output_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"output .*file is a file"):
+        check_new_output_dir(tmp_path / "file")
+    with pytest.raises(ConfigError, match=r"is under .*file, which is a file"):
+        check_new_output_dir(tmp_path / "file" / "out")
 
 
 def test_pickle_full_checkpoints_are_refused_with_the_fix(tmp_path, tiny_vlm):

@@ -72,9 +72,24 @@ def test_report_then_push_results_in_one_commit(tmp_path):
     (tmp_path / "afile").write_text("x")
     blocked = subprocess.run([str(SCRIPTS / "merge-proxy"), "report", str(proxy), "--out", str(tmp_path / "afile" / "r")],
                              capture_output=True, text=True, timeout=120)
-    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
-    assert blocked.stderr.strip().splitlines()[-1].startswith(
-        f"merge-proxy report: error: cannot use {tmp_path / 'afile'}"), blocked.stderr
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
+    assert blocked.stderr.strip().splitlines()[-1] == (
+        f"merge-proxy report: error: output {tmp_path / 'afile' / 'r'} is under {tmp_path / 'afile'}, which is a "
+        "file; choose another --out"), blocked.stderr
+
+
+def test_push_results_with_a_token_that_cannot_push_says_what_to_do(tmp_path):
+    """An expired token and one of another user: the Hub's refusal, the fix, and never the token."""
+    proxy = sweep_dir(tmp_path, "proxy")
+    with HubEmulator(tmp_path / "hub", tokens={"hf_test_tester_token": "tester", "hf_other": "other"}) as hub:
+        for token, fix in (("hf_expired", "is invalid or expired: log in again or fix HF_TOKEN"),
+                           ("hf_other", "may not do this in tester: use a token with write access there")):
+            env = {**os.environ, **hub.client_env(token=token, hf_home=tmp_path / f"hf-{token}")}
+            pushed = subprocess.run([str(SCRIPTS / "merge-proxy"), "push-results", str(proxy), "--repo",
+                                     "tester/search"], capture_output=True, text=True, timeout=300, env=env)
+            last = pushed.stderr.strip().splitlines()[-1]
+            assert pushed.returncode == 2 and fix in last, pushed.stderr[-2000:]
+            assert token not in pushed.stdout + pushed.stderr
 
 
 def _push(tmp_path, hub, proxy, **kwargs) -> str:

@@ -257,6 +257,9 @@ GOOD = {
         ({"executor": {"gpus_per_node": "two"}}, r":\d+: executor.gpus_per_node: must be a whole number of GPUs"),
         ({"experts": {"bad name": "ORG/x"}}, r":\d+: experts.bad name: invalid expert name"),
         ({"mode": "truth"}, r":\d+: truth: required"),
+        ({"experts": {}}, r":\d+: experts: is empty"),
+        ({"mixtures": []}, r":\d+: mixtures: is empty"),
+        ({"benchmarks": []}, r":\d+: benchmarks: is empty"),
     ],
 )
 def test_recipe_errors_name_file_line_and_key(tmp_path, change, message):
@@ -266,6 +269,19 @@ def test_recipe_errors_name_file_line_and_key(tmp_path, change, message):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(ConfigError, match=str(path).replace(".", r"\.") + message):
         load_recipe(path)
+
+
+def test_unreadable_recipes_in_one_line(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b'name: x\nbase: "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 18\); save the recipe as UTF-8"):
+        load_recipe(latin)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nbenchmarks: [a, b\nbase: y\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:3: not valid YAML: [^\n]+$"):
+        load_recipe(broken)
+    with pytest.raises(ConfigError, match=r"is a directory; give the recipe's YAML file"):
+        load_recipe(tmp_path)
 
 
 def test_mixture_errors_point_at_the_generator(tmp_path):

@@ -72,12 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergeProxyError as err:
         print(f"merge-proxy {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): quiet, as a process killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
     except OSError as err:  # an output path that cannot be written: a file in the way, no permission, a full disk
         print(f"merge-proxy {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
-    except _Terminated:
-        print(f"merge-proxy {args.command}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except _Terminated as stop:
+        print(f"merge-proxy {args.command}: terminated ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"merge-proxy {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -87,16 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (SLURM's time limit, ``scancel``, ``kill``) raised like Ctrl-C in the main thread."""
+    """SIGTERM (SLURM's time limit, ``scancel``, ``kill``) or SIGHUP (a closed terminal or dropped ssh
+    session) raised like Ctrl-C in the main thread."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate_as_interrupt() -> Callable[[], None] | None:
-    """Make SIGTERM unwind like Ctrl-C, so atomic outputs and journals clean up instead of leaving a
-    partial directory; returns what puts the previous handler back (None off the main thread).
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so atomic outputs and journals clean up instead of
+    leaving a partial directory; returns what puts the previous handlers back (None off the main
+    thread). A SIGHUP already ignored (``nohup``) stays ignored.
 
     Only this process unwinds: forked children (datasets.map workers, multiprocessing pools, which
     are stopped with SIGTERM) inherit the handler and die by the default action instead. A second
-    SIGTERM during the clean-up kills at once.
+    signal during the clean-up kills at once.
     """
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -107,13 +116,19 @@ def _terminate_as_interrupt() -> Callable[[], None] | None:
         if os.getpid() != owner:
             os.kill(os.getpid(), signum)
             return
-        raise _Terminated()
+        raise _Terminated(signum)
 
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        before = signal.getsignal(signum)
+        if signum == signal.SIGHUP and before == signal.SIG_IGN:
+            continue
+        previous[signum] = before
+        signal.signal(signum, handler)
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, before in previous.items():
+            signal.signal(signum, before if before is not None else signal.SIG_DFL)
 
     return restore
 

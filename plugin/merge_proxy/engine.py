@@ -265,7 +265,9 @@ def build_plan(
         if check_declared_base and declared and not any(_names_match(d, base) for d in declared):
             raise ExpertError(
                 f"expert {expert.name!r} declares base model {declared[0]!r}, but the base is {base.source!r}; "
-                "merge experts of one base only (or pass --no-base-check if they are the same weights)"
+                "merge experts of one base only; if the two are the same weights, turn this check off "
+                "(merge-proxy merge --no-base-check; lmms-eval model_args base_check=false; a recipe's "
+                "backend_args: {base_check: false})"
             )
         if expert.kind == "lora":
             plan.lora[expert.name] = load_lora_factors(expert, names)

@@ -91,10 +91,17 @@ def explain_error(err: Exception, repo_id: str, revision: str | None, options: H
         return HubError(f"{repo_id}@{revision or 'main'}: {err}")
     if isinstance(err, HfHubHTTPError):
         # str(err) spans lines (status, a documentation link, the server's text): keep the status
-        # line and the server's own message
+        # line and the server's own message (once: some servers' status line already holds it)
         status = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         server = " ".join((getattr(err, "server_message", None) or "").split())
-        return HubError(f"{where} refused a request for {repo_id}: {status}" + (f" ({server})" if server else ""))
+        said = f"{status}" + (f" ({server})" if server and server not in status else "")
+        code = getattr(getattr(err, "response", None), "status_code", None)
+        fix = {
+            401: "the token (HF_TOKEN, or `hf auth login`) is invalid or expired: log in again or fix HF_TOKEN",
+            403: f"the token may not do this in {repo_id.split('/')[0]}: use a token with write access there, "
+                 "or a namespace of your own",
+        }.get(code)
+        return HubError(f"{where} refused a request for {repo_id}: {said}" + (f"; {fix}" if fix else ""))
     if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith(("httpx", "httpcore")):
         return HubError(f"cannot reach {where} for {repo_id} ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
     return HubError(f"fetching {repo_id} from {where} failed: {err}")

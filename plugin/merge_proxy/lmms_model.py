@@ -43,8 +43,30 @@ OWN_ARGS: tuple[str, ...] = (
 _UNSUPPORTED_BACKENDS = {"vllm", "vllm_generate", "sglang", "openai", "async_openai", "litellm"}
 
 
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(ours: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A true/false model_arg; anything else is refused (``base_check=flase`` must not turn the check off)."""
+    if key not in ours:
+        return default
+    text = str(ours[key]).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ConfigError(f"{key}={ours[key]!r}: write {key}=true or {key}=false")
+    return text in _TRUE
+
+
+def _device(value: Any) -> str | None:
+    """``keep_base_on``: checked before the base loads (torch's own error comes after, and lists
+    every device type it knows)."""
+    if value in (None, ""):
+        return None
+    import torch
+
+    try:
+        return str(torch.device(str(value)))
+    except RuntimeError:
+        raise ConfigError(f"keep_base_on={value!r}: use cpu, cuda or cuda:N") from None
 
 
 def _split_list(text: str) -> list[str]:
@@ -98,10 +120,21 @@ class MergeProxy(lmms):
         except ValueError:
             raise ConfigError(f"scale={scale!r} is not a number; write e.g. scale=0.5") from None
         self.method = MergeMethod(str(ours.get("method", "linear")), scale_value)
-        allow_pickle = _truthy(ours.get("allow_pickle", False))
+        allow_pickle = _flag(ours, "allow_pickle", False)
+        base_check = _flag(ours, "base_check", True)
+        keep_base_on = _device(ours.get("keep_base_on"))
         self.base, self.experts = self._resolve(ours["pretrained"], ours["experts"], allow_pickle)
         if not isinstance(ours["weights"], Mixture):  # a typo fails now, not after the base loaded
-            make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
+            try:
+                make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
+            except ConfigError as err:
+                if not backend_kwargs:
+                    raise
+                raise ConfigError(
+                    f"{err} (lmms-eval splits model_args on commas: separate experts and weights with ';', "
+                    f"e.g. weights=a=0.5;b=0.5; these went to the backend as arguments: "
+                    f"{', '.join(f'{k}={v}' for k, v in backend_kwargs.items())})"
+                ) from None
         self.backend_kwargs = dict(backend_kwargs)
         self.backend_name = ours.get("backend") or self._default_backend(self.base)
         if self.backend_name in _UNSUPPORTED_BACKENDS:
@@ -113,13 +146,13 @@ class MergeProxy(lmms):
         # Fetched before the base loads: a wrong source fails in seconds.
         self.chat_template = load_chat_template(str(ours["chat_template_from"])) if ours.get("chat_template_from") else None
         # The experts are read and checked while the backend loads the base.
-        prefetch = PlanPrefetch(self.base, self.experts, check_declared_base=_truthy(ours.get("base_check", True)))
+        prefetch = PlanPrefetch(self.base, self.experts, check_declared_base=base_check)
         self.backend = self._build_backend(self.backend_name, backend_kwargs)
         if self.chat_template is not None:
             apply_chat_template(self.backend, self.chat_template, self.backend_name)
         self.backend.task_dict = self.task_dict
         module = self._module()
-        self.merger = InPlaceMerger(module, prefetch.result(module), keep_base_on=ours.get("keep_base_on"))
+        self.merger = InPlaceMerger(module, prefetch.result(module), keep_base_on=keep_base_on)
         self.remerge(ours["weights"])
 
     @staticmethod

@@ -97,8 +97,11 @@ class _Located:
         self.lines: dict[tuple, int] = {}
         try:
             node = yaml.compose(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except yaml.YAMLError as err:  # one line at the file's own line, not "<unicode string>"
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
         if node is not None:
             self._walk(node, ())
 
@@ -139,6 +142,8 @@ def _find_recipe(path: Path) -> Path:
     recipes' own headers work from any directory after ``pip install``."""
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory; give the recipe's YAML file")
     from merge_proxy import resources
 
     # The demo's recipe is a template `merge-proxy demo` fills in beside the model and data it builds.
@@ -159,7 +164,10 @@ DEMO_TEMPLATE = "demo"
 def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recipe:
     """Read and validate a recipe file; ``output_dir`` overrides the recipe's (``--out``)."""
     path = _find_recipe(Path(path))
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
     loc = _Located(path, text)
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
@@ -170,8 +178,8 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     base_dir = path.parent.resolve()
 
     def need(key: str, kind: type | tuple[type, ...]):
-        if key not in data or data[key] in (None, ""):
-            raise loc.error((key,), "required")
+        if key not in data or data[key] in (None, "", [], {}):
+            raise loc.error((key,), "required" if key not in data or data[key] in (None, "") else "is empty")
         if not isinstance(data[key], kind):
             raise loc.error((key,), f"must be a {getattr(kind, '__name__', kind)}")
         return data[key]

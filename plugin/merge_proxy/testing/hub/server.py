@@ -79,7 +79,7 @@ class HubEmulator:
         self._port = port
         self._tokens = TokenTable(tokens or {DEFAULT_TOKEN: DEFAULT_USER}, orgs)
         self._owns_data_dir = data_dir is None
-        self._data_dir = Path(tempfile.mkdtemp(prefix="hub-emulator-") if data_dir is None else data_dir)
+        self._data_dir = Path(tempfile.mkdtemp(prefix="hub-emulator-") if data_dir is None else data_dir).resolve()
         self._initial_commit = initial_commit
         self._max_request_bytes = max_request_bytes
         self._store: HubStore | None = None
