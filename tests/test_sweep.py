@@ -335,14 +335,15 @@ def test_dry_run_checks_task_and_metric_names(tmp_path, tiny_vlm, domains, lora_
     assert not (tmp_path / "bad").exists()
 
 
-def _journal_of(out: Path, base: str, experts: dict[str, str], pinned: dict[str, str] | None = None) -> None:
+def _journal_of(out: Path, base: str, experts: dict[str, str], fingerprints: dict[str, str] | None = None) -> None:
     from merge_proxy.journal import JournalRecord
 
-    pinned = pinned or experts
+    fingerprints = fingerprints or {}
     record = JournalRecord(
         "proxy", "a=0.5,b=0.5", {"a": 0.5, "b": 0.5}, "synth_color", 0.5,
-        base={"source": base, "pinned": base},
-        experts=[{"name": n, "source": s, "pinned": pinned[n]} for n, s in experts.items()])
+        base={"source": base, "pinned": base, **({"fingerprint": fingerprints["base"]} if fingerprints else {})},
+        experts=[{"name": n, "source": s, "pinned": s, **({"fingerprint": fingerprints[n]} if fingerprints else {})}
+                 for n, s in experts.items()])
     Journal(out / "journal.jsonl").append(record)
     (out / "recipe.yaml").write_text("# recipe A\n")
 
@@ -361,13 +362,25 @@ def test_a_journal_of_other_experts_is_not_resumed(tmp_path, tiny_vlm, domains, 
         assert "pass a new --out (or output_dir), or move the old journal away" in proc.stderr
     assert (out / "recipe.yaml").read_text() == "# recipe A\n"
 
-    # Same sources, but the journal's proxies merged another commit (a re-published expert): refused
-    # once the sources are resolved, before a score is written.
-    out = tmp_path / "republished"
-    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, pinned={"a": a + "@1111111", "b": b})
+    # Same sources, but the journal's proxies merged other files (an expert re-trained into the same
+    # folder; on the Hub, a re-published expert's new commit): refused once the sources are resolved,
+    # before a score is written.
+    from merge_proxy.experts import ExpertSpec, resolve
+
+    now = {n: resolve(ExpertSpec.parse(s), for_base=n == "base").fingerprint
+           for n, s in (("a", a), ("b", b), ("base", str(tiny_vlm.path)))}
+    out = tmp_path / "retrained"
+    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, fingerprints={**now, "a": a + "#0123456789ab"})
     proc = sweep(recipe, out)
-    assert proc.returncode == 2 and f"(a: {a}@1111111 -> {a})" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"(a: {a}#0123456789ab -> {now['a']}; a local folder whose files changed since: re-trained, or copied "
+            "anew)") in proc.stderr
     assert len((out / "journal.jsonl").read_text().splitlines()) == 1
+    out = tmp_path / "same"  # the same files: resumed
+    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, fingerprints=now)
+    resumed = sweep(recipe, out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 10  # the journal's score kept, 9 added
 
     # A run that fails its checks writes nothing: no new directory holding only a recipe.
     typo = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, benchmarks=[{"task": "synth_colr"}])

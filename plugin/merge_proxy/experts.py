@@ -92,6 +92,18 @@ class ResolvedModel:
         return f"{self.source}@{self.revision}"
 
     @property
+    def fingerprint(self) -> str:
+        """What makes this the model that was scored: a Hub source's ``repo@sha``; a local folder's path
+        plus a digest of its files' names, sizes and modification times, so an expert re-trained into
+        the same ``output_dir`` is another model (hashing GBs of weights would cost more than it saves)."""
+        if self.repo_id:
+            return self.pinned_source
+        import hashlib
+
+        stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in self.path.iterdir() if f.is_file())
+        return f"{self.pinned_source}#{hashlib.sha256(repr(stats).encode()).hexdigest()[:12]}"
+
+    @property
     def declared_bases(self) -> tuple[str, ...]:
         """Names of the base this expert says it was trained from: expert.json's Hub id and local
         path, and the adapter config's base_model_name_or_path (empty when it says nothing)."""

@@ -225,11 +225,11 @@ class MergeProxy(lmms):
         """What makes two instances answer alike: pinned sources (a local folder also by its files'
         sizes and times: an expert re-trained into the same output_dir is another model), weights,
         method, backend and its arguments (max_pixels, system_prompt, ...), prompts."""
-        experts = ";".join(f"{e.name}={_pinned(e)}" for e in self.experts)
+        experts = ";".join(f"{e.name}={e.fingerprint}" for e in self.experts)
         template = f",chat_template={self.chat_template.fingerprint}" if self.chat_template is not None else ""
         args = ",".join(f"{k}={self.backend_kwargs[k]}" for k in sorted(self.backend_kwargs))
         return (
-            f"merge_proxy(base={_pinned(self.base)},experts={experts},weights={self.mixture.key()},"
+            f"merge_proxy(base={self.base.fingerprint},experts={experts},weights={self.mixture.key()},"
             f"method={self.method.name},scale={self.method.scale:g},backend={self.backend_name}{template},"
             f"backend_args=({args}))"
         )
@@ -298,17 +298,6 @@ class MergeProxy(lmms):
         if name in ("backend", "merger", "__setstate__"):
             raise AttributeError(name)
         return getattr(self.backend, name)
-
-
-def _pinned(model: ResolvedModel) -> str:
-    """A Hub source's ``repo@sha``; a local folder's path plus a digest of its files' names, sizes and
-    modification times (reading GBs of weights to hash them would cost more than the cache saves)."""
-    if model.repo_id:
-        return model.pinned_source
-    import hashlib
-
-    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.path.iterdir() if f.is_file())
-    return f"{model.pinned_source}#{hashlib.sha256(repr(stats).encode()).hexdigest()[:12]}"
 
 
 class MergeProxyChat(MergeProxy):

@@ -160,7 +160,9 @@ def check_models(records: Sequence[JournalRecord], mode: str, base: str | None, 
     a re-published expert. Their scores would be counted as done and ranked with the new ones.
 
     ``key`` is the record field compared: ``source`` (what the recipe names, known before anything is
-    fetched) or ``pinned`` (``repo@sha``, known once the sources are resolved).
+    fetched), ``pinned`` (``repo@sha``, known once the sources are resolved) or ``fingerprint`` (also a
+    local folder's files' sizes and times: an expert re-trained in place). Records written before a
+    field existed are not judged on it.
     """
     want = {"base": _identity(base), **{name: _identity(s) for name, s in experts.items()}}
     seen: set[tuple] = set()
@@ -168,16 +170,19 @@ def check_models(records: Sequence[JournalRecord], mode: str, base: str | None, 
         if record.mode != mode or mode != "proxy" or not record.experts:
             continue
         have_raw = (record.base.get(key), tuple((e.get("name"), e.get(key)) for e in record.experts))
-        if have_raw in seen:
+        if have_raw in seen or have_raw[0] is None or any(v is None for _, v in have_raw[1]):
             continue
         seen.add(have_raw)
         have = {"base": _identity(have_raw[0]), **{name: _identity(s) for name, s in have_raw[1]}}
-        changed = [f"{k}: {have.get(k)} -> {want.get(k)}" for k in sorted(set(have) | set(want), key=str)
-                   if have.get(k) != want.get(k)]
-        if changed:
+        differ = [k for k in sorted(set(have) | set(want), key=str) if have.get(k) != want.get(k)]
+        if differ:
+            changed = "; ".join(f"{k}: {have.get(k)} -> {want.get(k)}" for k in differ)
+            local = key == "fingerprint" and any("#" in str(want.get(k)) for k in differ)  # see fingerprint
             raise ConfigError(
-                f"{where} holds proxy scores merged from other models ({'; '.join(changed)}); resuming would "
-                "rank two sets of experts together: pass a new --out (or output_dir), or move the old journal away"
+                f"{where} holds proxy scores merged from other models ({changed}"
+                f"{'; a local folder whose files changed since: re-trained, or copied anew' if local else ''}); "
+                "resuming would rank two sets of experts together: pass a new --out (or output_dir), or move "
+                "the old journal away"
             )
 
 
@@ -378,9 +383,10 @@ class Evaluator:
 
 
 def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    base = {"source": model.base.source, "pinned": model.base.pinned_source, "revision": model.base.revision}
-    experts = [{"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision}
-               for e in model.experts]
+    base = {"source": model.base.source, "pinned": model.base.pinned_source, "revision": model.base.revision,
+            "fingerprint": model.base.fingerprint}
+    experts = [{"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision,
+                "fingerprint": e.fingerprint} for e in model.experts]
     return base, experts
 
 
@@ -408,8 +414,8 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
             base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
             if not checked:  # the commits now merged against those the journal's scores came from
                 if item.model is None:
-                    check_models(all_records(recipe.output_dir), "proxy", base.get("pinned"),
-                                 {e["name"]: e["pinned"] for e in experts}, recipe.output_dir, key="pinned")
+                    check_models(all_records(recipe.output_dir), "proxy", base.get("fingerprint"),
+                                 {e["name"]: e["fingerprint"] for e in experts}, recipe.output_dir, key="fingerprint")
                 keep_recipe(recipe)
                 checked = True
             for benchmark in item.benchmarks:
