@@ -116,3 +116,16 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert "error" not in proc.stderr.read()
+
+
+def test_a_file_that_is_no_journal_and_a_journal_that_is_a_directory(tmp_path):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"hello": 1}\n')
+    one_line_error(cli("report", str(notes)), f"{notes} holds no merge-proxy journal record",
+                   "the journal.jsonl `merge-proxy sweep` wrote")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "base": "org/base", "experts": {"a": "org/a", "b": "org/b"},
+                                      "mixtures": [{"grid": {"step": 0.5}}], "benchmarks": ["t"]}))
+    (tmp_path / "out" / "journal.jsonl").mkdir(parents=True)
+    one_line_error(cli("sweep", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"),
+                   "journal.jsonl is a directory, where the sweep appends its journal")

@@ -85,7 +85,7 @@ def parse_weights(text: str, names: Sequence[str] | None = None) -> dict[str, fl
     """
     items = _split_items(text)
     if not items:
-        raise ConfigError("no weights given; write them as NAME=W;NAME=W (e.g. ocr=0.25;general=0.75)")
+        raise ConfigError("no weights given; write them as NAME=W,NAME=W or NAME=W;NAME=W (e.g. ocr=0.25,general=0.75)")
     named = ["=" in item for item in items]
     if all(named):
         weights: dict[str, float] = {}

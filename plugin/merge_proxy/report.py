@@ -357,7 +357,12 @@ def _read(path: str | Path, what: str) -> list[JournalRecord]:
         raise ConfigError(f"no {what} journal at {path}; pass the journal.jsonl the sweep wrote")
     records = read_results(inputs)
     if not records:
-        raise ConfigError(f"the {what} journal {path} is empty; run the sweep (or the truth evaluations) first")
+        holds_text = inputs.journal.is_file() and inputs.journal.stat().st_size > 0
+        raise ConfigError(
+            f"{inputs.journal} holds no merge-proxy journal record; pass the journal.jsonl `merge-proxy sweep` wrote"
+            if holds_text else
+            f"the {what} journal {path} is empty; run the sweep (or the truth evaluations) first"
+        )
     return records
 
 

@@ -680,6 +680,9 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     sources = expert_sources(recipe)
     items = candidate_items(recipe, list(sources))
     done: set[tuple[str, str]] = set()
+    if (recipe.output_dir / JOURNAL_FILE).is_dir():
+        raise ConfigError(f"{recipe.output_dir / JOURNAL_FILE} is a directory, where the sweep appends its journal; "
+                          "move it away or pass another --out")
     if recipe.output_dir.exists():
         records = all_records(recipe.output_dir)
         check_settings(recipe, records)
