@@ -128,10 +128,10 @@ def test_every_source_is_checked_before_the_first_download(hub_api, hub, tiny_vl
     assert [p for p in cache.rglob("*") if p.is_file() and "blobs" in p.parts] == []
     # A sweep reads the base's architecture (its default backend) from the config alone.
     from merge_proxy.experts import resolve
-    from merge_proxy.lmms_model import MergeProxy
+    from merge_proxy.lmms_model import default_backend
 
     config_only = resolve(ExpertSpec.parse("tester/base"), for_base=True, weights=False, hub=hub)
-    assert MergeProxy._default_backend(config_only) == "qwen2_vl"
+    assert default_backend(config_only) == "qwen2_vl"
     assert not list(cache.rglob("*.safetensors"))
 
 

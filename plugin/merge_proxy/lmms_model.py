@@ -136,7 +136,7 @@ class MergeProxy(lmms):
                     f"{', '.join(f'{k}={v}' for k, v in backend_kwargs.items())})"
                 ) from None
         self.backend_kwargs = dict(backend_kwargs)
-        self.backend_name = ours.get("backend") or self._default_backend(self.base)
+        self.backend_name = ours.get("backend") or default_backend(self.base)
         if self.backend_name in _UNSUPPORTED_BACKENDS:
             raise ConfigError(
                 f"backend {self.backend_name!r} keeps the model outside this process; merge_proxy needs an "
@@ -167,40 +167,11 @@ class MergeProxy(lmms):
                 allow_pickle=allow_pickle,
             )
 
-    @staticmethod
-    def _default_backend(base: ResolvedModel) -> str:
-        import json
-
-        cfg = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
-        arch = (cfg.get("architectures") or [None])[0]
-        if arch not in DEFAULT_BACKENDS:
-            raise ConfigError(
-                f"no default lmms-eval backend for architecture {arch!r}; pass backend=NAME "
-                f"(one of lmms-eval's transformers wrappers, e.g. {', '.join(sorted(set(DEFAULT_BACKENDS.values())))})"
-            )
-        return DEFAULT_BACKENDS[arch]
-
     def _build_backend(self, name: str, kwargs: dict[str, Any]) -> lmms:
-        from lmms_eval import models
-
-        try:
-            manifest = models.get_model_manifest(name)
-        except ValueError:
-            raise ConfigError(f"backend {name!r} is not an lmms-eval model; see `lmms-eval --help` for names") from None
-        want_simple = type(self).is_simple
-        if want_simple and manifest.simple_class_path is None:
-            raise ConfigError(f"backend {name!r} has no simple implementation; drop --force_simple")
-        force_simple = want_simple or manifest.chat_class_path is None
-        cls = models.get_model(name, force_simple=force_simple)
+        backend = load_backend(name, str(self.base.path), kwargs, want_simple=type(self).is_simple)
         # A chat-mode proxy over a simple-only backend (qwen2_vl) must be fed simple requests.
-        self.is_simple = bool(getattr(cls, "is_simple", True))
-        try:
-            return cls(pretrained=str(self.base.path), **kwargs)
-        except (TypeError, AssertionError) as err:
-            raise ConfigError(
-                f"backend {name!r} refused its arguments ({err}); merge_proxy passes it every model_arg "
-                f"except {', '.join(OWN_ARGS)}"
-            ) from err
+        self.is_simple = bool(getattr(type(backend), "is_simple", True))
+        return backend
 
     def _module(self):
         module = getattr(self.backend, "model", None) or getattr(self.backend, "_model", None)
@@ -300,6 +271,42 @@ class MergeProxy(lmms):
         return getattr(self.backend, name)
 
 
+def default_backend(model: ResolvedModel) -> str:
+    """The lmms-eval wrapper for the model's architecture (``config.architectures[0]``)."""
+    import json
+
+    cfg = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in DEFAULT_BACKENDS:
+        raise ConfigError(
+            f"no default lmms-eval backend for architecture {arch!r}; pass backend=NAME "
+            f"(one of lmms-eval's transformers wrappers, e.g. {', '.join(sorted(set(DEFAULT_BACKENDS.values())))})"
+        )
+    return DEFAULT_BACKENDS[arch]
+
+
+def load_backend(name: str, pretrained: str, kwargs: Mapping[str, Any], *, want_simple: bool) -> lmms:
+    """lmms-eval's wrapper ``name`` loading ``pretrained``: the simple implementation when ``want_simple``
+    (or when there is no chat one), else the chat one; arguments it refuses are named. One place for the
+    proxy's backend and a sweep's full truth checkpoints, so both are evaluated alike."""
+    from lmms_eval import models
+
+    try:
+        manifest = models.get_model_manifest(name)
+    except ValueError:
+        raise ConfigError(f"backend {name!r} is not an lmms-eval model; see `lmms-eval --help` for names") from None
+    if want_simple and manifest.simple_class_path is None:
+        raise ConfigError(f"backend {name!r} has no simple implementation; drop --force_simple")
+    cls = models.get_model(name, force_simple=want_simple or manifest.chat_class_path is None)
+    try:
+        return cls(pretrained=pretrained, **kwargs)
+    except (TypeError, AssertionError) as err:
+        raise ConfigError(
+            f"backend {name!r} refused its arguments ({err}); merge_proxy passes it every model_arg "
+            f"except {', '.join(OWN_ARGS)}"
+        ) from err
+
+
 class MergeProxyChat(MergeProxy):
     """Chat-mode merged proxy: lmms-eval prefers the chat slot; simple-only backends still work."""
 
@@ -317,5 +324,5 @@ def proxy_class(backend: str | None) -> type[MergeProxy]:
     try:
         manifest = models.get_model_manifest(backend)
     except ValueError:
-        return MergeProxy  # _build_backend names the unknown backend with the fix
+        return MergeProxy  # load_backend names the unknown backend with the fix
     return MergeProxy if manifest.simple_class_path is not None else MergeProxyChat

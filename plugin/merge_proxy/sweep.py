@@ -295,9 +295,9 @@ class Evaluator:
         if self.recipe.backend:
             return self.recipe.backend
         from merge_proxy.experts import ExpertSpec, resolve
-        from merge_proxy.lmms_model import MergeProxy
+        from merge_proxy.lmms_model import default_backend
 
-        return MergeProxy._default_backend(resolve(ExpertSpec.parse(self.recipe.base), for_base=True, weights=False))
+        return default_backend(resolve(ExpertSpec.parse(self.recipe.base), for_base=True, weights=False))
 
     def _model_args(self) -> dict[str, Any]:
         args = dict(self.recipe.backend_args)
@@ -325,18 +325,16 @@ class Evaluator:
         merge), a full checkpoint is loaded by the backend as is."""
         from merge_proxy.chat_template import apply_chat_template
         from merge_proxy.experts import ExpertSpec, resolve
-        from merge_proxy.lmms_model import MergeProxy, proxy_class
+        from merge_proxy.lmms_model import MergeProxy, default_backend, load_backend, proxy_class
 
         resolved = resolve(ExpertSpec.parse(source), for_base=True)  # a full one is loaded: tokenizer too
         if resolved.kind == "lora":
             return proxy_class(self.backend)(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
                               **self._model_args()), resolved.pinned_source
-        from lmms_eval import models
-
-        backend = self.recipe.backend or MergeProxy._default_backend(resolved)
+        backend = self.recipe.backend or default_backend(resolved)
         template = self._template  # before the load: a wrong source fails in seconds
-        cls = models.get_model(backend, force_simple=proxy_class(backend) is MergeProxy)
-        model = cls(pretrained=str(resolved.path), **self.recipe.backend_args)
+        model = load_backend(backend, str(resolved.path), self.recipe.backend_args,
+                             want_simple=proxy_class(backend) is MergeProxy)
         if template is not None:
             apply_chat_template(model, template, backend)
         # evaluate() ends with lm.clean(), which deletes the loaded module; keep it for the next
