@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 
@@ -23,6 +24,7 @@ from merge_proxy.mixture import METHODS, Mixture, make_mixture
 from merge_proxy.naming import ParameterNames
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 #: Row block of a CPU merge per thread, in elements: a float32 block (1 MiB) and its inputs stay in
@@ -53,7 +55,7 @@ class MergeMethod:
         return weight * (self.scale if self.name == "task_arithmetic" else 1.0)
 
 
-def progress(items, total: int, desc: str):
+def progress(items: Iterable[T], total: int, desc: str) -> Iterable[T]:
     """A progress bar that shows only for merges longer than a second (CPU merges of large models)."""
     from tqdm.auto import tqdm
 
@@ -112,7 +114,7 @@ class MergePlan:
     def all_lora(self) -> bool:
         return not self.full
 
-    def mixture(self, weights, method: MergeMethod) -> Mixture:
+    def mixture(self, weights: Mapping[str, float] | str, method: MergeMethod) -> Mixture:
         """Weights (a mapping or ``NAME=W;...`` text) checked against these experts and the method."""
         return make_mixture(weights, self.expert_names, method.name)
 

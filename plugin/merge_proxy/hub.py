@@ -11,8 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from merge_proxy.errors import MergeProxyError
+
+if TYPE_CHECKING:  # huggingface_hub is imported where the Hub is used
+    from huggingface_hub import CommitOperationDelete, HfApi
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ class HubOptions:
     token: str | None = None
     cache_dir: Path | None = None
 
-    def api(self):
+    def api(self) -> HfApi:
         from huggingface_hub import HfApi
 
         return HfApi(endpoint=self.endpoint, token=self.token)
@@ -137,8 +141,8 @@ def fetch_snapshot(
     return Path(path)
 
 
-def stale_file_deletes(api, repo_id: str, revision: str | None, keep: set[str],
-                       repo_type: str = "model") -> tuple[str, list]:
+def stale_file_deletes(api: HfApi, repo_id: str, revision: str | None, keep: set[str],
+                       repo_type: str = "model") -> tuple[str, list[CommitOperationDelete]]:
     """The head commit of ``revision`` and a delete for each file there that is not in ``keep``.
 
     ``create_commit`` only adds: a commit of ``keep`` plus these deletes leaves the repo holding

@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from merge_proxy.errors import MergeProxyError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class ParamInfo:
 class ParameterNames:
     """Maps checkpoint and adapter keys of one architecture to its in-memory parameter names."""
 
-    def __init__(self, config, model: torch.nn.Module) -> None:
+    def __init__(self, config: PretrainedConfig, model: torch.nn.Module) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
 
@@ -57,7 +61,7 @@ class ParameterNames:
         self._converters = [c for c in conversions if isinstance(c, WeightConverter)]
 
     @classmethod
-    def from_config(cls, config) -> ParameterNames:
+    def from_config(cls, config: PretrainedConfig) -> ParameterNames:
         """Build the model class named by ``config.architectures`` on the meta device."""
         import transformers
 

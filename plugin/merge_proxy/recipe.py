@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from merge_proxy.errors import ConfigError
-from merge_proxy.mixture import METHODS, check_name
+from merge_proxy.mixture import METHODS, Mixture, check_name
 
 TOP_KEYS = ("name", "base", "experts", "mixtures", "benchmarks", "include_path", "backend", "backend_args",
             "chat_template_from", "method", "scale", "aggregate", "output_dir", "mode", "truth", "executor")
@@ -340,7 +340,7 @@ def _check_generator(loc: _Located, i: int, kind: str, spec: Any) -> None:
         raise loc.error(at, "needs set: two_domain|three_domain|four_domain")
 
 
-def expand_mixtures(recipe: Recipe, names: list[str]) -> list:
+def expand_mixtures(recipe: Recipe, names: list[str]) -> list[Mixture]:
     """The recipe's mixture generators applied to the experts' names, duplicates removed."""
     from merge_proxy import generators as gen
 

@@ -15,7 +15,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.hub import HubOptions, is_repo_id, stale_file_deletes
@@ -28,6 +28,9 @@ from merge_proxy.journal import (
     records_digest,
     shard_journals,
 )
+
+if TYPE_CHECKING:  # report imports scipy and matplotlib: loaded when a report is made
+    from merge_proxy.report import ReportResult
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def benchmark_weights(inputs: ResultsInput, override: str | None) -> dict[str, f
 
 
 def make_report(results: str | Path, truth: str | Path | None, out_dir: str | Path | None,
-                weights: str | None = None, title: str | None = None):
+                weights: str | None = None, title: str | None = None) -> ReportResult:
     from merge_proxy.report import write_report
 
     inputs = locate(results)

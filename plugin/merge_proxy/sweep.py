@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merge_proxy.errors import ConfigError, MissingDependencyError
 from merge_proxy.journal import (
@@ -33,6 +33,11 @@ from merge_proxy.journal import (
 )
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
+
+if TYPE_CHECKING:  # lmms-eval is imported only where a sweep runs
+    from lmms_eval.api.model import lmms
+
+    from merge_proxy.lmms_model import MergeProxy
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +311,7 @@ class Evaluator:
             args["chat_template_from"] = self.chat_template
         return args
 
-    def proxy(self, mixture: Mixture):
+    def proxy(self, mixture: Mixture) -> MergeProxy:
         """The one merged model of the sweep, built on first use, then re-merged in place."""
         from merge_proxy.lmms_model import proxy_class
 
@@ -320,7 +325,7 @@ class Evaluator:
             self._proxy.remerge(mixture)
         return self._proxy
 
-    def truth_model(self, source: str):
+    def truth_model(self, source: str) -> tuple[lmms, str]:
         """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
         merge), a full checkpoint is loaded by the backend as is."""
         from merge_proxy.chat_template import apply_chat_template
@@ -371,7 +376,7 @@ class Evaluator:
         args.output_path = str(self.recipe.output_dir / "lmms_eval")
         return args
 
-    def score(self, model, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
+    def score(self, model: lmms, benchmark: Benchmark) -> tuple[float, dict[str, float]]:
         from lmms_eval.evaluator import simple_evaluate
 
         out = simple_evaluate(model=model, tasks=[benchmark.task], task_manager=self.tasks, limit=benchmark.limit,
