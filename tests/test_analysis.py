@@ -363,6 +363,7 @@ def test_analyze_with_truth_matches_scipy_and_reports_unmatched(tmp_path, caplog
     assert levels["1 truth mixture(s) are not in the proxy journal and are left out"] == "WARNING"
 
     matched = [w for w in ws[:7]]
+    spearmans = []
     for bench in ("x", "y"):
         comp = next(c for c in t.benchmarks if c.benchmark == bench)
         px = [proxy_tab[w][bench] for w in matched]
@@ -371,6 +372,13 @@ def test_analyze_with_truth_matches_scipy_and_reports_unmatched(tmp_path, caplog
         assert comp.spearman.value == pytest.approx(stats.spearmanr(px, tx).statistic)
         assert comp.kendall.value == pytest.approx(stats.kendalltau(px, tx).statistic)
         assert comp.pearson.value == pytest.approx(stats.pearsonr(px, tx).statistic)
+        spearmans.append(stats.spearmanr(px, tx).statistic)
+    # Merge to Mix's summary: the mean of the per-benchmark correlations
+    assert t.mean_over_benchmarks["spearman"] == pytest.approx(np.mean(spearmans))
+    from merge_proxy.report import render_report
+
+    assert f"Mean of the 2 per-benchmark correlations (as *Merge to Mix* reports them): Spearman " \
+           f"{np.mean(spearmans):.3f}" in render_report(analysis)
     pa = [(proxy_tab[w]["x"] + proxy_tab[w]["y"]) / 2 for w in matched]
     ta = [(truth_tab[w]["x"] + truth_tab[w]["y"]) / 2 for w in matched]
     assert t.aggregate.benchmark == AGGREGATE

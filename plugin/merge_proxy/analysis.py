@@ -537,6 +537,9 @@ class TruthComparison:
     seed: int
     confidence: float
     recommendation: RecommendationCheck | None = None
+    mean_over_benchmarks: dict[str, float] = field(default_factory=dict)
+    """Method -> the mean of the per-benchmark correlations (those defined), as *Merge to Mix* reports
+    them: another summary than the correlation of the aggregates."""
     same_model: tuple[str, ...] = ()
     """Matched mixtures whose truth model is the expert their proxy is (:func:`proxy_is_truth`): left
     out of the correlations, top-k and regret; their truth scores still count in the ranking, the
@@ -765,6 +768,14 @@ def proxy_is_truth(proxy_records: Iterable[JournalRecord], truth_records: Iterab
     return tuple(sorted(same))
 
 
+def _mean_correlations(per_benchmark: Sequence[BenchmarkAnalysis]) -> dict[str, float]:
+    out = {}
+    for method in METHODS:
+        values = [c.correlations[method].value for c in per_benchmark if math.isfinite(c.correlations[method].value)]
+        out[method] = float(np.mean(values)) if values else math.nan
+    return out
+
+
 def _compare_truth(
     proxy: Scores, truth: Scores, weights: Mapping[str, float], *, n_boot: int, seed: int, confidence: float,
     same_model: Sequence[str] = (),
@@ -828,5 +839,6 @@ def _compare_truth(
         n_matched=len(common), only_proxy=only_proxy, only_truth=only_truth, benchmarks=tuple(per_bench),
         aggregate=aggregate, aggregate_benchmarks=agg_benchmarks, missing_truth_benchmarks=missing,
         n_boot=n_boot, seed=seed, confidence=confidence, same_model=tuple(same_model),
+        mean_over_benchmarks=_mean_correlations(per_bench),
     )
     return comparison, t_agg, truth_scores

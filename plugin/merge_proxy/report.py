@@ -143,6 +143,11 @@ the aggregate is not compared; the rows per benchmark are.
 |---|---|---|---|---|---|---|---|---|
 {% for row in comparisons %}| {{ row.benchmark }} | {{ row.n }} | {{ row.spearman | ci }} | {{ row.kendall | ci }} | {{ row.pearson | ci }} | {{ row.proxy_best_tied | picks }} | {{ row.top1_hit | hit }} | {{ row.top3_hit | hit }} | {{ row.regret | num }} |
 {% endfor %}
+{%- if truth.benchmarks | length > 1 %}
+Mean of the {{ truth.benchmarks | length }} per-benchmark correlations (as *Merge to Mix* reports them): \
+Spearman {{ truth.mean_over_benchmarks.spearman | num(3) }}, Kendall {{ truth.mean_over_benchmarks.kendall | num(3) }}, \
+Pearson {{ truth.mean_over_benchmarks.pearson | num(3) }}.
+{% endif %}
 Over the trained mixtures only: top-1: the proxy's best among them is the truth's best; top-3: the \
 truth's best is in the proxy's top 3 of them; regret: the truth's best score minus the truth score of \
 the proxy's pick. When the proxy's best is tied, the pick is any of the tied mixtures with equal chance: \
