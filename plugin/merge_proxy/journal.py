@@ -72,6 +72,18 @@ def shard_journals(sweep_dir: Path) -> list[Path]:
     return sorted((sweep_dir / SHARD_DIR).glob("*.jsonl"))
 
 
+def read_with_shards(journal: Path) -> tuple[list[JournalRecord], list[JournalRecord]]:
+    """A sweep's journal records, and those only in its shard journals (SLURM jobs not gathered yet;
+    one per key, the main journal's first, see :func:`new_information`). A journal file named other
+    than journal.jsonl has no shards."""
+    records = Journal(journal).records()
+    fresh: list[JournalRecord] = []
+    if journal.name == JOURNAL_FILE:
+        for shard in shard_journals(journal.parent):
+            fresh += new_information(records + fresh, Journal(shard).records())
+    return records, fresh
+
+
 def scored(records: Iterable[JournalRecord], mode: str) -> set[tuple[str, str]]:
     """(mixture_id, benchmark) scored in ``mode``: what a rerun skips. A non-finite score is not
     done (the rerun retries it), so a sweep never reports as finished what the report leaves out."""

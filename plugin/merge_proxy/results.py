@@ -24,7 +24,7 @@ from merge_proxy.journal import (
     SHARD_DIR,
     Journal,
     JournalRecord,
-    new_information,
+    read_with_shards,
     records_digest,
     shard_journals,
 )
@@ -80,10 +80,7 @@ def read_results(inputs: ResultsInput) -> list[JournalRecord]:
     Scores only in shards are kept, with a warning saying to gather them: a report that dropped them
     would rank an unfinished-looking sweep that is in fact done.
     """
-    records = Journal(inputs.journal).records()
-    fresh: list[JournalRecord] = []
-    for shard in inputs.shards:
-        fresh += new_information(records + fresh, Journal(shard).records())
+    records, fresh = read_with_shards(inputs.journal)
     if fresh:
         logger.warning("%d score(s) are only in the shard journals under %s (not gathered into %s yet); "
                        "they are included; rerun `merge-proxy sweep` on the recipe to gather them",

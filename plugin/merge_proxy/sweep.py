@@ -28,6 +28,7 @@ from merge_proxy.journal import (
     Journal,
     JournalRecord,
     new_information,
+    read_with_shards,
     scored,
     shard_journals,
 )
@@ -90,8 +91,8 @@ def candidate_items(recipe: Recipe, names: Sequence[str]) -> list[WorkItem]:
 def all_records(out_dir: Path) -> list[JournalRecord]:
     """The main journal's records and every shard's, read only: a dry run or a shard job that only
     needs to know what is done writes nothing (concurrent shard starts once appended duplicates)."""
-    paths = [out_dir / JOURNAL_FILE, *shard_journals(out_dir)]
-    return [r for path in paths for r in Journal(path).records()]
+    records, fresh = read_with_shards(out_dir / JOURNAL_FILE)
+    return records + fresh
 
 
 def gather(out_dir: Path) -> Journal:
