@@ -177,105 +177,18 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
         raise loc.error((unknown[0],), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
     base_dir = path.parent.resolve()
 
-    def need(key: str, kind: type | tuple[type, ...]):
-        if key not in data or data[key] in (None, "", [], {}):
-            raise loc.error((key,), "required" if key not in data or data[key] in (None, "") else "is empty")
-        if not isinstance(data[key], kind):
-            raise loc.error((key,), f"must be a {getattr(kind, '__name__', kind)}")
-        return data[key]
-
-    base = _local_or_hub(base_dir, str(need("base", str)))
-    experts_raw = need("experts", dict)
-    experts: dict[str, str] = {}
-    query = None
-    if "query" in experts_raw:
-        query = experts_raw["query"]
-        if not isinstance(query, dict) or not isinstance(query.get("domains"), list) or not query["domains"]:
-            raise loc.error(("experts", "query"), "needs domains: [a, b, ...] (a list; optionally base:, author:)")
-        bad = [k for k in query if k not in ("domains", "base", "author")]
-        if bad:
-            raise loc.error(("experts", "query", bad[0]), "unknown key; allowed: domains, base, author")
-        for j, d in enumerate(query["domains"]):
-            try:
-                check_name(str(d), "domain")
-            except ConfigError as err:
-                raise loc.error(("experts", "query", "domains", j), str(err)) from None
-    else:
-        for name, source in experts_raw.items():
-            try:
-                check_name(str(name))
-            except ConfigError as err:
-                raise loc.error(("experts", name), str(err)) from None
-            if not isinstance(source, str) or not source:
-                raise loc.error(("experts", name), "must be a directory or a Hub repo id[@revision]")
-            experts[str(name)] = _local_or_hub(base_dir, source)
+    base = _local_or_hub(base_dir, str(_need(loc, data, "base", str)))
+    experts, query = _parse_experts(loc, _need(loc, data, "experts", dict), base_dir)
     mode = data.get("mode", "proxy")
     if mode not in ("proxy", "truth"):
         raise loc.error(("mode",), "must be proxy or truth")
-    mixtures = data.get("mixtures") or []
-    if mode == "proxy":
-        mixtures = need("mixtures", list)
-        for i, item in enumerate(mixtures):
-            if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("grid", "paper", "dirichlet", "explicit"):
-                raise loc.error(("mixtures", i), "each item is one of grid:, paper:, dirichlet:, explicit:")
-            _check_generator(loc, i, *next(iter(item.items())))
-    benchmarks = []
-    for i, item in enumerate(need("benchmarks", list)):
-        item = {"task": item} if isinstance(item, str) else item
-        if not isinstance(item, dict) or not item.get("task"):
-            raise loc.error(("benchmarks", i), "needs task: (an lmms-eval task name)")
-        extra = set(item) - set(BENCHMARK_KEYS)
-        if extra:
-            raise loc.error(("benchmarks", i, sorted(extra)[0]), f"unknown key; allowed: {', '.join(BENCHMARK_KEYS)}")
-        weight = _number(loc, ("benchmarks", i, "weight"), item.get("weight", 1.0), minimum=0.0)
-        metric = item.get("metric")
-        if isinstance(metric, list) and metric and all(isinstance(m, str) and m for m in metric):
-            metric = tuple(metric)
-        elif metric is not None and not (isinstance(metric, str) and metric):
-            raise loc.error(("benchmarks", i, "metric"), "must be a metric name, or a list of names to sum")
-        max_score = item.get("max_score")
-        if max_score is not None:
-            max_score = _number(loc, ("benchmarks", i, "max_score"), max_score, minimum=0.0, strict=True)
-        limit = item.get("limit")
-        # As lmms-eval reads it: a float below 1 is a fraction, anything else a count (1.0 is ONE sample).
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
-                                  or (isinstance(limit, float) and limit >= 1)):
-            raise loc.error(("benchmarks", i, "limit"), "must be a number of samples (an integer) or a fraction "
-                            "below 1 (lmms-eval reads 1.0 as one sample); leave it out to score every sample")
-        benchmarks.append(Benchmark(str(item["task"]), weight, metric, limit, max_score))
-    tasks = [b.task for b in benchmarks]
-    if len(set(tasks)) != len(tasks):
-        raise loc.error(("benchmarks",), "a task is listed twice")
+    mixtures = _parse_mixtures(loc, _need(loc, data, "mixtures", list)) if mode == "proxy" else data.get("mixtures") or []
+    benchmarks = _parse_benchmarks(loc, _need(loc, data, "benchmarks", list))
     method = data.get("method", "linear")
     if method not in METHODS:
         raise loc.error(("method",), f"must be one of {', '.join(METHODS)}")
-    truth = []
-    if mode == "truth":
-        for i, item in enumerate(need("truth", list)):
-            if not isinstance(item, dict) or "weights" not in item or "model" not in item:
-                raise loc.error(("truth", i), "needs weights: {NAME: W, ...} and model: SOURCE")
-            if not isinstance(item["weights"], dict):
-                raise loc.error(("truth", i, "weights"), "must be a mapping {NAME: W, ...}")
-            weights = {str(k): _number(loc, ("truth", i, "weights", k), v) for k, v in item["weights"].items()}
-            truth.append(TruthModel(weights, _local_or_hub(base_dir, str(item["model"]))))
-    executor_raw = data.get("executor") or {}
-    if not isinstance(executor_raw, dict):
-        raise loc.error(("executor",), "must be a mapping (type: local|slurm, ...)")
-    bad = [k for k in executor_raw if k not in EXECUTOR_KEYS]
-    if bad:
-        raise loc.error(("executor", bad[0]), f"unknown key; allowed: {', '.join(EXECUTOR_KEYS)}")
-    shards = executor_raw.get("shards", 1)
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise loc.error(("executor", "shards"), "must be a whole number of jobs, at least 1")
-    gpus = executor_raw.get("gpus_per_node")
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-        raise loc.error(("executor", "gpus_per_node"), "must be a whole number of GPUs per job, 0 or more")
-    executor = ExecutorSpec(
-        type=str(executor_raw.get("type", "local")), shards=shards,
-        slurm={k: v for k, v in executor_raw.items() if k not in ("type", "shards")},
-    )
-    if executor.type not in ("local", "slurm", "submitit-local"):
-        raise loc.error(("executor", "type"), "must be local, slurm or submitit-local")
+    truth = _parse_truth(loc, _need(loc, data, "truth", list), base_dir) if mode == "truth" else []
+    executor = _parse_executor(loc, data.get("executor") or {})
     # Relative to the working directory, as LLaMA-Factory's output_dir (a shipped recipe must not
     # write into the installed package).
     out = Path(str(output_dir or data.get("output_dir") or f"sweeps/{path.stem}")).expanduser().absolute()
@@ -300,6 +213,115 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
         scale=scale, aggregate=aggregate,
         output_dir=out, mode=mode, truth=truth, executor=executor,
     )
+
+
+def _need(loc: _Located, data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    """``data[key]``, present, not empty, of ``kind``."""
+    if key not in data or data[key] in (None, "", [], {}):
+        raise loc.error((key,), "required" if key not in data or data[key] in (None, "") else "is empty")
+    if not isinstance(data[key], kind):
+        raise loc.error((key,), f"must be a {getattr(kind, '__name__', kind)}")
+    return data[key]
+
+
+def _parse_experts(loc: _Located, raw: dict, base_dir: Path) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """(name -> source, None) for an explicit list; ({}, query) for experts found on the Hub by tags."""
+    if "query" in raw:
+        query = raw["query"]
+        if not isinstance(query, dict) or not isinstance(query.get("domains"), list) or not query["domains"]:
+            raise loc.error(("experts", "query"), "needs domains: [a, b, ...] (a list; optionally base:, author:)")
+        bad = [k for k in query if k not in ("domains", "base", "author")]
+        if bad:
+            raise loc.error(("experts", "query", bad[0]), "unknown key; allowed: domains, base, author")
+        for j, d in enumerate(query["domains"]):
+            try:
+                check_name(str(d), "domain")
+            except ConfigError as err:
+                raise loc.error(("experts", "query", "domains", j), str(err)) from None
+        return {}, query
+    experts: dict[str, str] = {}
+    for name, source in raw.items():
+        try:
+            check_name(str(name))
+        except ConfigError as err:
+            raise loc.error(("experts", name), str(err)) from None
+        if not isinstance(source, str) or not source:
+            raise loc.error(("experts", name), "must be a directory or a Hub repo id[@revision]")
+        experts[str(name)] = _local_or_hub(base_dir, source)
+    return experts, None
+
+
+def _parse_mixtures(loc: _Located, items: list) -> list[dict[str, Any]]:
+    """The generators as written (expanded against the experts' names by :func:`expand_mixtures`)."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("grid", "paper", "dirichlet", "explicit"):
+            raise loc.error(("mixtures", i), "each item is one of grid:, paper:, dirichlet:, explicit:")
+        _check_generator(loc, i, *next(iter(item.items())))
+    return items
+
+
+def _parse_benchmarks(loc: _Located, items: list) -> list[Benchmark]:
+    benchmarks = [_parse_benchmark(loc, i, item) for i, item in enumerate(items)]
+    tasks = [b.task for b in benchmarks]
+    if len(set(tasks)) != len(tasks):
+        raise loc.error(("benchmarks",), "a task is listed twice")
+    return benchmarks
+
+
+def _parse_benchmark(loc: _Located, i: int, item: Any) -> Benchmark:
+    item = {"task": item} if isinstance(item, str) else item
+    if not isinstance(item, dict) or not item.get("task"):
+        raise loc.error(("benchmarks", i), "needs task: (an lmms-eval task name)")
+    extra = set(item) - set(BENCHMARK_KEYS)
+    if extra:
+        raise loc.error(("benchmarks", i, sorted(extra)[0]), f"unknown key; allowed: {', '.join(BENCHMARK_KEYS)}")
+    weight = _number(loc, ("benchmarks", i, "weight"), item.get("weight", 1.0), minimum=0.0)
+    metric = item.get("metric")
+    if isinstance(metric, list) and metric and all(isinstance(m, str) and m for m in metric):
+        metric = tuple(metric)
+    elif metric is not None and not (isinstance(metric, str) and metric):
+        raise loc.error(("benchmarks", i, "metric"), "must be a metric name, or a list of names to sum")
+    max_score = item.get("max_score")
+    if max_score is not None:
+        max_score = _number(loc, ("benchmarks", i, "max_score"), max_score, minimum=0.0, strict=True)
+    limit = item.get("limit")
+    # As lmms-eval reads it: a float below 1 is a fraction, anything else a count (1.0 is ONE sample).
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
+                              or (isinstance(limit, float) and limit >= 1)):
+        raise loc.error(("benchmarks", i, "limit"), "must be a number of samples (an integer) or a fraction "
+                        "below 1 (lmms-eval reads 1.0 as one sample); leave it out to score every sample")
+    return Benchmark(str(item["task"]), weight, metric, limit, max_score)
+
+
+def _parse_truth(loc: _Located, items: list, base_dir: Path) -> list[TruthModel]:
+    truth = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "weights" not in item or "model" not in item:
+            raise loc.error(("truth", i), "needs weights: {NAME: W, ...} and model: SOURCE")
+        if not isinstance(item["weights"], dict):
+            raise loc.error(("truth", i, "weights"), "must be a mapping {NAME: W, ...}")
+        weights = {str(k): _number(loc, ("truth", i, "weights", k), v) for k, v in item["weights"].items()}
+        truth.append(TruthModel(weights, _local_or_hub(base_dir, str(item["model"]))))
+    return truth
+
+
+def _parse_executor(loc: _Located, raw: Any) -> ExecutorSpec:
+    if not isinstance(raw, dict):
+        raise loc.error(("executor",), "must be a mapping (type: local|slurm, ...)")
+    bad = [k for k in raw if k not in EXECUTOR_KEYS]
+    if bad:
+        raise loc.error(("executor", bad[0]), f"unknown key; allowed: {', '.join(EXECUTOR_KEYS)}")
+    shards = raw.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise loc.error(("executor", "shards"), "must be a whole number of jobs, at least 1")
+    gpus = raw.get("gpus_per_node")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+        raise loc.error(("executor", "gpus_per_node"), "must be a whole number of GPUs per job, 0 or more")
+    executor = ExecutorSpec(type=str(raw.get("type", "local")), shards=shards,
+                            slurm={k: v for k, v in raw.items() if k not in ("type", "shards")})
+    if executor.type not in ("local", "slurm", "submitit-local"):
+        raise loc.error(("executor", "type"), "must be local, slurm or submitit-local")
+    return executor
 
 
 def _number(loc: _Located, at: tuple, value: Any, minimum: float | None = None, strict: bool = False) -> float:
