@@ -445,6 +445,13 @@ def test_a_task_arithmetic_vertex_is_no_expert():
     truth = _with_sources(_records("truth", {w: {"x": i} for i, w in enumerate(ws)}),
                           model=lambda r: "org/a@1" if r.mixture_id == _key(1.0, 0.0) else "org/m@3")
     assert analyze(proxy, truth, n_boot=0).truth.same_model == ()
+    # task_arithmetic weights need not sum to 1: (1, 0.5) is no expert, (0.5, 0) at scale 2 is expert a
+    ws = [(1.0, 0.5), (0.5, 0.0), (0.25, 0.75)]
+    for scale, expected in ((1.0, ()), (2.0, (_key(0.5, 0.0),))):
+        proxy = _with_sources(_records("proxy", {w: {"x": i} for i, w in enumerate(ws)}), experts=experts,
+                              settings={"method": "task_arithmetic", "scale": scale})
+        truth = _with_sources(_records("truth", {w: {"x": i} for i, w in enumerate(ws)}), model=lambda r: "org/a@1")
+        assert analyze(proxy, truth, n_boot=0).truth.same_model == expected
 
 
 def test_rank_correlations_see_the_ties_the_ranking_sees():
@@ -526,3 +533,19 @@ def test_to_dict_is_strict_json():
     assert back["schema"] == "merge-proxy/analysis"
     assert back["truth"]["aggregate"]["spearman"]["value"] is None  # constant proxy -> NaN -> null
     assert back["recommended"]["mixture_id"] == _key(0.2, 0.8)
+
+
+def test_a_truth_of_single_experts_only_says_there_is_nothing_to_compare():
+    from merge_proxy.report import render_report
+
+    experts = [{"name": "a", "pinned": "org/a@1"}, {"name": "b", "pinned": "org/b@2"}]
+    ws = [(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)]
+    proxy = _with_sources(_records("proxy", {w: {"x": i} for i, w in enumerate(ws)}), experts=experts)
+    vertices = {w: {"x": i} for i, w in enumerate(ws) if 1.0 in w}
+    truth = _with_sources(_records("truth", vertices),
+                          model=lambda r: "org/a@1" if r.mixture_id == _key(1.0, 0.0) else "org/b@2")
+    analysis = analyze(proxy, truth, n_boot=0)
+    assert analysis.truth.aggregate.n == 0 and len(analysis.truth.same_model) == 2
+    text = render_report(analysis)
+    assert "Every trained mixture is a single expert scored as its own truth" in text
+    assert "No mixture has truth on every weighted benchmark" not in text

@@ -129,3 +129,26 @@ def test_a_file_that_is_no_journal_and_a_journal_that_is_a_directory(tmp_path):
     (tmp_path / "out" / "journal.jsonl").mkdir(parents=True)
     one_line_error(cli("sweep", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"),
                    "journal.jsonl is a directory, where the sweep appends its journal")
+
+
+def test_a_download_cut_in_the_data_and_a_recipe_with_a_yaml_tag(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from merge_proxy.recipe import load_recipe
+    from merge_proxy.report import load_analysis
+    from merge_proxy.safetensors_io import SafetensorsReader
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"its tensors end at byte \d+, the file at \d+\); .*cut short"):
+        SafetensorsReader(path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase: !env BASE_MODEL\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml:2: could not determine a constructor for the tag '!env'; "
+                                          r"a recipe is plain YAML"):
+        load_recipe(recipe)
+    (tmp_path / "analysis.json").write_text("[1]")
+    with pytest.raises(ConfigError, match=r"is not an analysis \(a JSON object\)"):
+        load_analysis(tmp_path)

@@ -688,3 +688,29 @@ def test_conv1d_layers_merge_transposed_as_peft_does(tmp_path):
     for key in reference:
         for ours in (on_disk, one_adapter, in_memory):
             assert_close_rel(ours[key], reference[key], name=key)
+
+
+def test_a_folder_whose_name_holds_an_equals_sign_is_a_source(tmp_path):
+    """LLaMA-Factory output_dirs like saves/lr=1e-4/ocr: the text is a path, not NAME=SOURCE."""
+    folder = tmp_path / "lr=1e-4" / "ocr"
+    folder.mkdir(parents=True)
+    assert ExpertSpec.parse(str(folder)) == ExpertSpec(source=str(folder))
+    assert ExpertSpec.parse(f"ocr={folder}") == ExpertSpec(source=str(folder), name="ocr")
+
+
+def test_a_sweep_submitter_lets_sighup_go_by():
+    """Ctrl-C or SIGTERM to `merge-proxy sweep` cancels the SLURM jobs it waits for; a dropped ssh
+    session (SIGHUP) must not: the sweep does not turn SIGHUP into an interrupt, merge does."""
+    import signal
+
+    from merge_proxy.cli import _terminate_as_interrupt, build_parser
+
+    parser = build_parser()
+    assert getattr(parser.parse_args(["sweep", "r.yaml"]), "unwind_on_sighup", False) is False
+    assert parser.parse_args(["merge", "--base", "b", "--expert", "a=x", "--weights", "a=1", "--out", "o"]).unwind_on_sighup
+    before = signal.getsignal(signal.SIGHUP)
+    restore = _terminate_as_interrupt(hangup=False)
+    try:
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        restore()

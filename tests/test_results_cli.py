@@ -83,7 +83,7 @@ def test_push_results_with_a_token_that_cannot_push_says_what_to_do(tmp_path):
     proxy = sweep_dir(tmp_path, "proxy")
     with HubEmulator(tmp_path / "hub", tokens={"hf_test_tester_token": "tester", "hf_other": "other"}) as hub:
         for token, fix in (("hf_expired", "is invalid or expired: log in again or fix HF_TOKEN"),
-                           ("hf_other", "may not do this in tester: use a token with write access there")):
+                           ("hf_other", "may not do this in tester: use a token with the access it needs")):
             env = {**os.environ, **hub.client_env(token=token, hf_home=tmp_path / f"hf-{token}")}
             pushed = subprocess.run([str(SCRIPTS / "merge-proxy"), "push-results", str(proxy), "--repo",
                                      "tester/search"], capture_output=True, text=True, timeout=300, env=env)

@@ -335,49 +335,55 @@ def test_dry_run_checks_task_and_metric_names(tmp_path, tiny_vlm, domains, lora_
     assert not (tmp_path / "bad").exists()
 
 
-def _journal_of(out: Path, base: str, experts: dict[str, str], fingerprints: dict[str, str] | None = None) -> None:
+def _journal_of(out: Path, base: str, experts: dict[str, str], fingerprints: dict[str, str] | None = None,
+                shown: dict[str, str] | None = None) -> None:
+    """A journal of one score, as merge-proxy writes it (``fingerprints``), or as one written before
+    fingerprints existed; ``shown`` puts an expert's recorded folder elsewhere (a moved project)."""
     from merge_proxy.journal import JournalRecord
 
-    fingerprints = fingerprints or {}
-    record = JournalRecord(
-        "proxy", "a=0.5,b=0.5", {"a": 0.5, "b": 0.5}, "synth_color", 0.5,
-        base={"source": base, "pinned": base, **({"fingerprint": fingerprints["base"]} if fingerprints else {})},
-        experts=[{"name": n, "source": s, "pinned": s, **({"fingerprint": fingerprints[n]} if fingerprints else {})}
-                 for n, s in experts.items()])
+    fp, shown = fingerprints or {}, shown or {}
+
+    def entry(name: str, source: str) -> dict:
+        where = shown.get(name, source)
+        return {"name": name, "source": where, "pinned": where, **({"fingerprint": fp[name]} if fp else {})}
+
+    record = JournalRecord("proxy", "a=0.5,b=0.5", {"a": 0.5, "b": 0.5}, "synth_color", 0.5,
+                           base={k: v for k, v in entry("base", base).items() if k != "name"},
+                           experts=[entry(n, s) for n, s in experts.items()])
     Journal(out / "journal.jsonl").append(record)
     (out / "recipe.yaml").write_text("# recipe A\n")
 
 
 def test_a_journal_of_other_experts_is_not_resumed(tmp_path, tiny_vlm, domains, lora_experts):
-    """Recipe B run into recipe A's directory (experts swapped, another expert) would count A's scores
-    as done and rank them with B's; refused before anything runs, recipe.yaml left as it was."""
-    a, b = str(lora_experts["a"]), str(lora_experts["b"])
-    out = tmp_path / "out"
-    _journal_of(out, str(tiny_vlm.path), {"a": b, "b": a})  # scored with the experts swapped
+    """Recipe B run into recipe A's directory (experts swapped, in another order, re-trained in place)
+    would count A's scores as done and rank them with B's; refused before anything runs, recipe.yaml
+    left as it was. A moved project (same files elsewhere) resumes."""
+    from merge_proxy.experts import local_fingerprint
+
+    a, b, base = str(lora_experts["a"]), str(lora_experts["b"]), str(tiny_vlm.path)
+    now = {"a": local_fingerprint(a), "b": local_fingerprint(b), "base": local_fingerprint(base)}
     recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
-    for extra in (("--dry-run",), ()):
-        proc = sweep(recipe, out, *extra)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"holds proxy scores merged from other models (a: {b} -> {a}; b: {a} -> {b})" in proc.stderr
-        assert "pass a new --out (or output_dir), or move the old journal away" in proc.stderr
-    assert (out / "recipe.yaml").read_text() == "# recipe A\n"
 
-    # Same sources, but the journal's proxies merged other files (an expert re-trained into the same
-    # folder; on the Hub, a re-published expert's new commit): refused once the sources are resolved,
-    # before a score is written.
-    from merge_proxy.experts import ExpertSpec, resolve
+    def refused(out: Path, *message: str) -> None:
+        for extra in (("--dry-run",), ()):
+            proc = sweep(recipe, out, *extra)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            for m in message:
+                assert m in proc.stderr, proc.stderr[-2000:]
+        assert (out / "recipe.yaml").read_text() == "# recipe A\n"
+        assert len((out / "journal.jsonl").read_text().splitlines()) == 1
 
-    now = {n: resolve(ExpertSpec.parse(s), for_base=n == "base").fingerprint
-           for n, s in (("a", a), ("b", b), ("base", str(tiny_vlm.path)))}
-    out = tmp_path / "retrained"
-    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, fingerprints={**now, "a": a + "#0123456789ab"})
-    proc = sweep(recipe, out)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert (f"(a: {a}#0123456789ab -> {now['a']}; a local folder whose files changed since: re-trained, or copied "
-            "anew)") in proc.stderr
-    assert len((out / "journal.jsonl").read_text().splitlines()) == 1
-    out = tmp_path / "same"  # the same files: resumed
-    _journal_of(out, str(tiny_vlm.path), {"a": a, "b": b}, fingerprints=now)
+    _journal_of(tmp_path / "swapped", base, {"a": b, "b": a})  # an older journal: no fingerprints
+    refused(tmp_path / "swapped", f"holds proxy scores merged from other models (a: {b} -> {a}; b: {a} -> {b})",
+            "pass a new --out (or output_dir), or move the old journal away")
+    _journal_of(tmp_path / "order", base, {"b": b, "a": a}, fingerprints=now)
+    refused(tmp_path / "order", "holds proxy scores of the experts in the order b, a, the recipe lists a, b")
+    _journal_of(tmp_path / "retrained", base, {"a": a, "b": b}, fingerprints={**now, "a": "local:0123456789abcdef"})
+    refused(tmp_path / "retrained", f"(a: {a} -> {a}; a local folder's weight files changed since: re-trained, "
+                                    "or copied anew)")
+
+    out = tmp_path / "moved"  # the same files, recorded under the folders they had before a move
+    _journal_of(out, base, {"a": a, "b": b}, fingerprints=now, shown={"a": "/old/place/a", "b": "/old/place/b"})
     resumed = sweep(recipe, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len((out / "journal.jsonl").read_text().splitlines()) == 10  # the journal's score kept, 9 added
@@ -387,6 +393,26 @@ def test_a_journal_of_other_experts_is_not_resumed(tmp_path, tiny_vlm, domains, 
     proc = sweep(typo, tmp_path / "new")
     assert proc.returncode == 2 and "lmms-eval knows no task synth_colr" in proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_republished_hub_expert_is_refused_with_the_pin_that_resumes(tmp_path):
+    """An unpinned Hub expert re-published since (a new commit): refused once the sources are pinned,
+    naming the commit to pin for the journal's scores; the recipe's text alone cannot tell."""
+    from merge_proxy.journal import JournalRecord
+    from merge_proxy.sweep import ModelId, check_models
+
+    old, new = "1" * 40, "2" * 40
+    record = JournalRecord("proxy", "a=1", {"a": 1.0}, "t", 0.5,
+                           base={"source": "org/base", "revision": old, "pinned": f"org/base@{old}"},
+                           experts=[{"name": "a", "source": "org/a", "revision": old, "pinned": f"org/a@{old}"}])
+    base = ModelId.from_source(f"org/base@{old}")
+    check_models([record], ModelId.from_source("org/base"), {"a": ModelId.from_source("org/a")}, tmp_path)
+    check_models([record], base, {"a": ModelId.from_source(f"org/a@{old}")}, tmp_path)
+    with pytest.raises(ConfigError, match=rf"\(a: org/a@{old} -> org/a@{new}; a new commit: to keep scoring the "
+                                          rf"journal's, pin it in the recipe: a: org/a@{old}\)"):
+        check_models([record], base, {"a": ModelId.from_source(f"org/a@{new}")}, tmp_path)
+    with pytest.raises(ConfigError, match=r"\(a: org/a@1+ -> org/other\)"):
+        check_models([record], base, {"a": ModelId.from_source("org/other")}, tmp_path)
 
 
 def test_a_truth_journal_of_other_trained_models_is_not_resumed(tmp_path):
@@ -399,9 +425,15 @@ def test_a_truth_journal_of_other_trained_models_is_not_resumed(tmp_path):
     same = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5@main")]  # another revision of it: the same model
     check_truth_models([record], same, tmp_path)
     other = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5-v2")]
-    with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from org/mixed-a5b5, the recipe "
+    with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from org/mixed-a5b5@1+, the recipe "
                                           r"trains it as org/mixed-a5b5-v2"):
         check_truth_models([record], other, tmp_path)
+    pinned_other = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5@" + "2" * 40)]  # another commit, pinned
+    with pytest.raises(ConfigError, match=r"from org/mixed-a5b5@1+, the recipe trains it as org/mixed-a5b5@2+"):
+        check_truth_models([record], pinned_other, tmp_path)
+    # a moved project: the journal's folder is gone, the recipe's is here
+    moved = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="/old/place/mixed-a5b5")
+    check_truth_models([moved], [WorkItem(mix, (Benchmark("t"),), str(tmp_path))], tmp_path)
 
 
 def shard_processes(out: Path) -> list[int]:

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 SCHEMA = "merge-proxy/analysis"
 SCHEMA_VERSION = 3
 """2: top-k hits are expected rates (floats), ``best`` lists tied mixtures, ``truth.recommendation``
-judges the recommended mixture itself, ranks are equal for tied scores."""
+judges the recommended mixture itself, ranks are equal for tied scores. 3: ``truth.same_model``
+(single-expert mixtures scored as their own truth, left out of the comparison) and
+``truth.mean_over_benchmarks``; rank correlations on tie-rounded scores."""
 
 #: Name of the aggregate in per-benchmark tables (a benchmark cannot take it: see :class:`Scores`).
 AGGREGATE = "aggregate"
@@ -757,12 +759,14 @@ def proxy_is_truth(proxy_records: Iterable[JournalRecord], truth_records: Iterab
     for r in proxy_records:
         if r.mode != "proxy" or r.mixture_id not in truth_model or r.mixture_id in same:
             continue
-        at_one = [name for name, w in r.weights.items() if abs(w - 1.0) <= WEIGHT_TOLERANCE]
+        # The proxy is theta_0 + sum_i c_i delta_i, c_i = w_i (x scale for task_arithmetic): one expert
+        # itself when exactly one c_i is non-zero and it is 1.
         scale = r.settings.get("scale")
-        coefficient = 1.0 if r.settings.get("method", "linear") == "linear" or scale is None else float(scale)
-        if len(at_one) != 1 or abs(coefficient - 1.0) > WEIGHT_TOLERANCE:
+        times = 1.0 if r.settings.get("method", "linear") == "linear" or scale is None else float(scale)
+        nonzero = [(name, w * times) for name, w in r.weights.items() if abs(w) > WEIGHT_TOLERANCE]
+        if len(nonzero) != 1 or abs(nonzero[0][1] - 1.0) > WEIGHT_TOLERANCE:
             continue
-        pinned = {e.get("name"): e.get("pinned") for e in r.experts}.get(at_one[0])
+        pinned = {e.get("name"): e.get("pinned") for e in r.experts}.get(nonzero[0][0])
         if pinned and pinned == truth_model[r.mixture_id]:
             same.add(r.mixture_id)
     return tuple(sorted(same))

@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # Commands that write outputs which must appear whole or not at all unwind on SIGTERM as on
     # Ctrl-C; the others (train: torchrun runs its own SIGTERM shutdown) keep the default.
-    restore = _terminate_as_interrupt() if getattr(args, "unwind_on_sigterm", False) else None
+    restore = (_terminate_as_interrupt(hangup=getattr(args, "unwind_on_sighup", False))
+               if getattr(args, "unwind_on_sigterm", False) else None)
     try:
         return int(args.handler(args) or 0)
     except MergeProxyError as err:
@@ -98,10 +99,10 @@ class _Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _terminate_as_interrupt() -> Callable[[], None] | None:
-    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so atomic outputs and journals clean up instead of
-    leaving a partial directory; returns what puts the previous handlers back (None off the main
-    thread). A SIGHUP already ignored (``nohup``) stays ignored.
+def _terminate_as_interrupt(hangup: bool = False) -> Callable[[], None] | None:
+    """Make SIGTERM (and with ``hangup``, SIGHUP) unwind like Ctrl-C, so atomic outputs and journals
+    clean up instead of leaving a partial directory; returns what puts the previous handlers back (None
+    off the main thread). A SIGHUP already ignored (``nohup``) stays ignored.
 
     Only this process unwinds: forked children (datasets.map workers, multiprocessing pools, which
     are stopped with SIGTERM) inherit the handler and die by the default action instead. A second
@@ -119,7 +120,7 @@ def _terminate_as_interrupt() -> Callable[[], None] | None:
         raise _Terminated(signum)
 
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGHUP) if hangup else (signal.SIGTERM,):
         before = signal.getsignal(signum)
         if signum == signal.SIGHUP and before == signal.SIG_IGN:
             continue

@@ -58,7 +58,7 @@ class ExpertSpec:
         if not text:
             raise ExpertError("empty expert; write NAME=SOURCE, SOURCE a directory or a Hub repo id[@revision]")
         name: str | None = None
-        if "=" in text:
+        if "=" in text and not Path(text).expanduser().exists():  # a directory named lr=1e-4 is a source
             name, text = (part.strip() for part in text.split("=", 1))
             check_name(name)
         source, revision = split_revision(text) if not Path(text).exists() else (text, None)
@@ -67,6 +67,20 @@ class ExpertSpec:
     def __str__(self) -> str:
         at = f"@{self.revision}" if self.revision else ""
         return f"{self.name + '=' if self.name else ''}{self.source}{at}"
+
+
+#: The files that make a local model what it is, for :attr:`ResolvedModel.fingerprint`.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_CONFIG_FILES = ("config.json", "adapter_config.json")
+
+
+def local_fingerprint(path: str | Path) -> str:
+    """``local:`` and a digest of a model folder's weight and config files' names, sizes and times."""
+    import hashlib
+
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(path).expanduser().iterdir()
+                   if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name in _CONFIG_FILES))
+    return f"local:{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -93,15 +107,12 @@ class ResolvedModel:
 
     @property
     def fingerprint(self) -> str:
-        """What makes this the model that was scored: a Hub source's ``repo@sha``; a local folder's path
-        plus a digest of its files' names, sizes and modification times, so an expert re-trained into
-        the same ``output_dir`` is another model (hashing GBs of weights would cost more than it saves)."""
-        if self.repo_id:
-            return self.pinned_source
-        import hashlib
-
-        stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in self.path.iterdir() if f.is_file())
-        return f"{self.pinned_source}#{hashlib.sha256(repr(stats).encode()).hexdigest()[:12]}"
+        """What makes this the model that was scored: a Hub source's ``repo@sha``; for a local folder
+        ``local:`` and a digest of its weight and config files' names, sizes and modification times, so an
+        expert re-trained into the same ``output_dir`` is another model, while a moved folder, or one
+        whose expert.json or card was rewritten (``merge-proxy publish``), is the same (hashing GBs of
+        weights would cost more than it saves)."""
+        return self.pinned_source if self.repo_id else local_fingerprint(self.path)
 
     @property
     def declared_bases(self) -> tuple[str, ...]:

@@ -102,8 +102,8 @@ def explain_error(err: Exception, repo_id: str, revision: str | None, options: H
         code = getattr(getattr(err, "response", None), "status_code", None)
         fix = {
             401: "the token (HF_TOKEN, or `hf auth login`) is invalid or expired: log in again or fix HF_TOKEN",
-            403: f"the token may not do this in {repo_id.split('/')[0]}: use a token with write access there, "
-                 "or a namespace of your own",
+            403: f"the token may not do this in {repo_id.split('/')[0]}: use a token with the access it needs "
+                 "(write access, to push; or push to a namespace of your own)",
         }.get(code)
         return HubError(f"{where} refused a request for {repo_id}: {said}" + (f"; {fix}" if fix else ""))
     if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith(("httpx", "httpcore")):

@@ -128,12 +128,14 @@ class MergeProxy(lmms):
             try:
                 make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
             except ConfigError as err:
-                if not backend_kwargs:
+                # lmms-eval split "weights=a=0.5,b=0.5" at the comma: "b=0.5" arrived as a backend argument
+                stray = [k for k in backend_kwargs if f"'{k}'" in str(err)]
+                if not stray:
                     raise
                 raise ConfigError(
                     f"{err} (lmms-eval splits model_args on commas: separate experts and weights with ';', "
                     f"e.g. weights=a=0.5;b=0.5; these went to the backend as arguments: "
-                    f"{', '.join(f'{k}={v}' for k, v in backend_kwargs.items())})"
+                    f"{', '.join(f'{k}={backend_kwargs[k]}' for k in stray)})"
                 ) from None
         self.backend_kwargs = dict(backend_kwargs)
         self.backend_name = ours.get("backend") or default_backend(self.base)
@@ -196,11 +198,11 @@ class MergeProxy(lmms):
         """What makes two instances answer alike: pinned sources (a local folder also by its files'
         sizes and times: an expert re-trained into the same output_dir is another model), weights,
         method, backend and its arguments (max_pixels, system_prompt, ...), prompts."""
-        experts = ";".join(f"{e.name}={e.fingerprint}" for e in self.experts)
+        experts = ";".join(f"{e.name}={_named(e)}" for e in self.experts)
         template = f",chat_template={self.chat_template.fingerprint}" if self.chat_template is not None else ""
         args = ",".join(f"{k}={self.backend_kwargs[k]}" for k in sorted(self.backend_kwargs))
         return (
-            f"merge_proxy(base={self.base.fingerprint},experts={experts},weights={self.mixture.key()},"
+            f"merge_proxy(base={_named(self.base)},experts={experts},weights={self.mixture.key()},"
             f"method={self.method.name},scale={self.method.scale:g},backend={self.backend_name}{template},"
             f"backend_args=({args}))"
         )
@@ -269,6 +271,11 @@ class MergeProxy(lmms):
         if name in ("backend", "merger", "__setstate__"):
             raise AttributeError(name)
         return getattr(self.backend, name)
+
+
+def _named(model: ResolvedModel) -> str:
+    """A Hub model's ``repo@sha``; a local one's path and the digest of its weight files."""
+    return model.fingerprint if model.repo_id else f"{model.pinned_source}#{model.fingerprint}"
 
 
 def default_backend(model: ResolvedModel) -> str:

@@ -169,7 +169,12 @@ def load_recipe(path: str | Path, output_dir: str | Path | None = None) -> Recip
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
     loc = _Located(path, text)
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # a tag safe_load does not construct (!env, !!python/...)
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: {getattr(err, 'problem', None) or err}; a recipe is plain YAML") from None
     if not isinstance(data, dict):
         raise loc.error((), "a recipe is a mapping of " + ", ".join(TOP_KEYS))
     unknown = [k for k in data if k not in TOP_KEYS]

@@ -109,7 +109,8 @@ percentile bootstrap over mixtures ({{ truth.n_boot }} resamples, seed {{ truth.
 {% if truth.same_model %}
 Left out of the comparison: {{ truth.same_model | length }} single-expert mixture(s) whose truth model is the \
 expert itself, {{ truth.same_model | ids }}: their proxy is that same model (one expert at weight 1), so proxy \
-and truth agree by construction. Their truth scores still appear in the ranking and the baselines.
+and truth agree by construction. Their truth scores still count in the ranking, the baselines and the \
+judgement of the recommendation below.
 {% endif %}
 {%- if truth.only_proxy %}
 Without a truth run (left out of the comparison): {{ truth.only_proxy | length }} mixture(s), {{ truth.only_proxy | ids }}.
@@ -135,7 +136,10 @@ and regret are n/a{% if check.top3_hit is not none %} (top-3 over the trained mi
 The table below judges the proxy's best *among trained mixtures*, not the recommendation.
 {%- endif %}
 {% endif %}
-{%- if truth.aggregate.n == 0 %}
+{%- if truth.aggregate.n == 0 and truth.same_model and truth.same_model | length == truth.n_matched %}
+Every trained mixture is a single expert scored as its own truth: there is no mixture to compare the \
+proxy with; train models on mixtures (the truth recipes' `truth:` entries) to judge it.
+{% elif truth.aggregate.n == 0 %}
 No mixture has truth on every weighted benchmark ({{ truth.aggregate_benchmarks | map("code") | join(", ") }}): \
 the aggregate is not compared; the rows per benchmark are.
 {% endif %}
@@ -462,7 +466,9 @@ def load_analysis(report_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"no {ANALYSIS_JSON} in {report_dir}; pass a directory written by `merge-proxy report`")
     data = read_json(path, "rerun `merge-proxy report` to rewrite the report")
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not an analysis (a JSON object); rerun `merge-proxy report` to rewrite the report")
+    if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(
             f"{path} has schema {data.get('schema')!r} version {data.get('schema_version')!r}, this merge-proxy "
             f"writes {SCHEMA!r} version {SCHEMA_VERSION}; rerun `merge-proxy report` to rewrite the report"

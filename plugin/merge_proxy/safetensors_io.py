@@ -58,6 +58,9 @@ class SafetensorsReader:
                     key: TensorInfo(str(v["dtype"]), tuple(v["shape"]), v["data_offsets"][0], v["data_offsets"][1])
                     for key, v in header.items() if key != "__metadata__"
                 }
+                end = max((t.end for t in self.tensors.values()), default=0)
+                if 8 + length + end > self.path.stat().st_size:  # a download cut in the data
+                    raise ValueError(f"its tensors end at byte {8 + length + end}, the file at {self.path.stat().st_size}")
             except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
                 raise CheckpointError(
                     f"{self.path} is not a readable safetensors file ({err}); it may be damaged, cut short, or a "

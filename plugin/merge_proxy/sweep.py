@@ -151,65 +151,135 @@ def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
         )
 
 
-def _identity(source: str | None) -> str | None:
-    """A source as it names one model: a local directory by its absolute path, anything else as is."""
-    if not source:
-        return None
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
+@dataclass(frozen=True)
+class ModelId:
+    """A model as a journal names it, compared with what a rerun would score.
 
-
-def check_models(records: Sequence[JournalRecord], mode: str, base: str | None, experts: Mapping[str, str],
-                 where: Path, key: str = "source") -> None:
-    """Refuse to resume into a journal whose proxies merged other models: another base, another expert
-    under a name (recipe B run into recipe A's directory), or, with ``key="pinned"``, another commit of
-    a re-published expert. Their scores would be counted as done and ranked with the new ones.
-
-    ``key`` is the record field compared: ``source`` (what the recipe names, known before anything is
-    fetched), ``pinned`` (``repo@sha``, known once the sources are resolved) or ``fingerprint`` (also a
-    local folder's files' sizes and times: an expert re-trained in place). Records written before a
-    field existed are not judged on it.
+    ``repo`` is a Hub repo id (its revision aside) or :data:`LOCAL`; ``detail`` what tells two versions
+    apart, when known: the commit (``repo@sha``) of a Hub model, the weight files' digest of a local one
+    (:func:`merge_proxy.experts.local_fingerprint`: a moved folder is the same model, one re-trained in
+    place is not). Unknown details (an unpinned revision, a journal older than the field) match.
     """
-    want = {"base": _identity(base), **{name: _identity(s) for name, s in experts.items()}}
-    seen: set[tuple] = set()
+
+    repo: str
+    detail: str | None
+    shown: str
+
+    @classmethod
+    def from_source(cls, source: str) -> ModelId:
+        """From a recipe's or a submitter's source text (``ORG/NAME[@REV]`` or a directory)."""
+        from merge_proxy.experts import local_fingerprint
+
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return cls(LOCAL, local_fingerprint(path), str(path.resolve()))
+        if source.startswith(("/", "~", ".")):  # a folder that is not there (any more)
+            return cls(LOCAL, None, source)
+        repo = _without_revision(source)
+        pinned = source if "@" in source and len(source.rsplit("@", 1)[1]) == 40 else None
+        return cls(repo, pinned, source)
+
+    @classmethod
+    def from_record(cls, entry: Mapping[str, Any]) -> ModelId | None:
+        """From a journal record's base or expert entry (None when it names no source)."""
+        source = entry.get("source")
+        if not source:
+            return None
+        if entry.get("revision") or not (source.startswith(("/", "~", ".")) or Path(source).expanduser().exists()):
+            return cls(_without_revision(source), entry.get("pinned"), entry.get("pinned") or source)
+        return cls(LOCAL, entry.get("fingerprint"), entry.get("pinned") or source)
+
+    def same(self, other: ModelId) -> bool:
+        if self.repo != other.repo:
+            return False
+        if self.detail and other.detail:
+            return self.detail == other.detail
+        if self.repo == LOCAL:  # a journal older than fingerprints: its folder, where it still is
+            return not (Path(self.shown).exists() and Path(other.shown).exists()) or _same_path(self.shown, other.shown)
+        return True
+
+    def same_place(self, other: ModelId) -> bool:
+        """The same repo or folder (if not the same version)."""
+        return self.repo == other.repo and (self.repo != LOCAL or _same_path(self.shown, other.shown))
+
+
+#: :attr:`ModelId.repo` of a local directory.
+LOCAL = "(a local directory)"
+
+
+def check_models(records: Sequence[JournalRecord], base: ModelId, experts: Mapping[str, ModelId], where: Path) -> None:
+    """Refuse to resume into a journal whose proxies merged other models: another base, another expert
+    under a name or the experts in another order (recipe B run into recipe A's directory), a
+    re-published expert's new commit, a local expert re-trained in place. Their scores would be
+    counted as done and ranked with the new ones. Checked from the recipe before anything runs, and
+    again once the sources are pinned or resolved (then every commit is known)."""
+    now = {"base": base, **experts}
+    seen: set[str] = set()
     for record in records:
-        if record.mode != mode or mode != "proxy" or not record.experts:
+        if record.mode != "proxy" or not record.experts:
             continue
-        have_raw = (record.base.get(key), tuple((e.get("name"), e.get(key)) for e in record.experts))
-        if have_raw in seen or have_raw[0] is None or any(v is None for _, v in have_raw[1]):
+        signature = repr((record.base, record.experts))
+        if signature in seen:
             continue
-        seen.add(have_raw)
-        have = {"base": _identity(have_raw[0]), **{name: _identity(s) for name, s in have_raw[1]}}
-        differ = [k for k in sorted(set(have) | set(want), key=str) if have.get(k) != want.get(k)]
-        if differ:
-            changed = "; ".join(f"{k}: {have.get(k)} -> {want.get(k)}" for k in differ)
-            local = key == "fingerprint" and any("#" in str(want.get(k)) for k in differ)  # see fingerprint
+        seen.add(signature)
+        order = [e.get("name") for e in record.experts]
+        if order != list(experts) and sorted(map(str, order)) == sorted(experts):
             raise ConfigError(
-                f"{where} holds proxy scores merged from other models ({changed}"
-                f"{'; a local folder whose files changed since: re-trained, or copied anew' if local else ''}); "
-                "resuming would rank two sets of experts together: pass a new --out (or output_dir), or move "
-                "the old journal away"
+                f"{where} holds proxy scores of the experts in the order {', '.join(map(str, order))}, the recipe "
+                f"lists {', '.join(experts)}: mixture ids follow that order, so list the experts as the journal does"
             )
+        was = {"base": ModelId.from_record(record.base), **{e.get("name"): ModelId.from_record(e) for e in record.experts}}
+        differ = []
+        for k in ("base", *sorted((set(was) | set(now)) - {"base"}, key=str)):
+            if k in was and was[k] is None:  # an entry without a source (written before the field): not judged
+                continue
+            if k not in was or k not in now or not was[k].same(now[k]):
+                differ.append(k)
+        if not differ:
+            continue
+        changed = "; ".join(f"{k}: {was[k].shown if was.get(k) else 'none'} -> {now[k].shown if k in now else 'none'}"
+                            for k in differ)
+        why = ""
+        updated = [k for k in differ if was.get(k) and k in now and was[k].same_place(now[k])]
+        if any(now[k].repo == LOCAL for k in updated):
+            why += "; a local folder's weight files changed since: re-trained, or copied anew"
+        if any(now[k].repo != LOCAL for k in updated):
+            why += ("; a new commit: to keep scoring the journal's, pin it in the recipe: "
+                    + ", ".join(f"{k}: {was[k].detail}" for k in updated if now[k].repo != LOCAL))
+        raise ConfigError(
+            f"{where} holds proxy scores merged from other models ({changed}{why}); resuming would rank two "
+            "sets of experts together: pass a new --out (or output_dir), or move the old journal away"
+        )
 
 
 def check_truth_models(records: Sequence[JournalRecord], items: Sequence[WorkItem], where: Path) -> None:
     """Refuse to resume a truth journal whose mixtures were scored on other trained models."""
-    wanted = {i.mixture.key(): _identity(_without_revision(i.model)) for i in items if i.model}
+    wanted = {i.mixture.key(): ModelId.from_source(i.model) for i in items if i.model}
     for record in records:
         if record.mode != "truth" or not record.model or record.mixture_id not in wanted:
             continue
-        have = _identity(_without_revision(record.model))
-        if have != wanted[record.mixture_id]:
-            raise ConfigError(
-                f"{where} holds truth scores of {record.mixture_id} from {have}, the recipe trains it as "
-                f"{wanted[record.mixture_id]}: pass a new --out (or output_dir), or move the old journal away"
-            )
+        have = ModelId.from_source(record.model)
+        if have.repo == LOCAL and Path(have.shown).expanduser().is_dir():
+            have = ModelId(LOCAL, None, have.shown)  # its files then are unknown: judged by the folder
+        if have.same(wanted[record.mixture_id]):
+            continue
+        raise ConfigError(
+            f"{where} holds truth scores of {record.mixture_id} from {have.shown}, the recipe trains it as "
+            f"{wanted[record.mixture_id].shown}: pass a new --out (or output_dir), or move the old journal away"
+        )
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _without_revision(source: str | None) -> str | None:
-    from merge_proxy.experts import ExpertSpec
+    """``ORG/NAME[/SUB]`` of ``ORG/NAME[/SUB][@REV]``; a local directory as it is (its name may hold ``=`` or ``@``)."""
+    from merge_proxy.hub import split_revision
 
-    return ExpertSpec.parse(source).source if source else None
+    if not source or Path(source).expanduser().exists():
+        return source
+    return split_revision(source)[0]
 
 
 def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
@@ -418,8 +488,8 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
             base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
             if not checked:  # the commits now merged against those the journal's scores came from
                 if item.model is None:
-                    check_models(all_records(recipe.output_dir), "proxy", base.get("fingerprint"),
-                                 {e["name"]: e["fingerprint"] for e in experts}, recipe.output_dir, key="fingerprint")
+                    check_models(all_records(recipe.output_dir), ModelId.from_record(base),
+                                 {e["name"]: ModelId.from_record(e) for e in experts}, recipe.output_dir)
                 keep_recipe(recipe)
                 checked = True
             for benchmark in item.benchmarks:
@@ -494,7 +564,8 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     pinned = {name: pin_source(source) for name, source in sources.items()}
     base = pin_source(recipe.base)
     if recipe.mode == "proxy":  # a re-published expert (a new commit) is refused before any job is queued
-        check_models(all_records(out), "proxy", base, pinned, out, key="pinned")
+        check_models(all_records(out), ModelId.from_source(base),
+                     {n: ModelId.from_source(p) for n, p in pinned.items()}, out)
     template = pin_source(recipe.chat_template_from) if recipe.chat_template_from else None
     logger.info("shards merge base %s and experts %s%s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()),
                 f", prompting with the chat template of {template}" if template else "")
@@ -690,8 +761,9 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     if recipe.output_dir.exists():
         records = all_records(recipe.output_dir)
         check_settings(recipe, records)
-        check_models(records, recipe.mode, _without_revision(recipe.base),
-                     {n: _without_revision(s) for n, s in sources.items()}, recipe.output_dir)
+        if recipe.mode == "proxy":
+            check_models(records, ModelId.from_source(recipe.base),
+                         {n: ModelId.from_source(s) for n, s in sources.items()}, recipe.output_dir)
         check_truth_models(records, items, recipe.output_dir)
         done = scored(records, recipe.mode)
     todo = pending(items, done)

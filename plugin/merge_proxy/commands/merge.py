@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "base's, e.g. the -Instruct model's for a Qwen2-VL base (--format full)")
     p.add_argument("--no-base-check", action="store_true",
                    help="do not compare the base each expert declares with --base (shapes are still checked)")
-    p.set_defaults(handler=run, unwind_on_sigterm=True)
+    p.set_defaults(handler=run, unwind_on_sigterm=True, unwind_on_sighup=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the work left, run nothing")
     p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), help="override the recipe's executor")
     p.add_argument("--shards", type=_positive, help="number of jobs for slurm/submitit-local (default: the recipe's)")
+    # Not SIGHUP: Ctrl-C and SIGTERM to the submitter cancel the SLURM jobs it waits for, and a dropped
+    # ssh session must not (the jobs keep running; a rerun gathers them). Journal lines are atomic.
     p.set_defaults(handler=run, unwind_on_sigterm=True)
 
 
