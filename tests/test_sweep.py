@@ -113,10 +113,14 @@ def test_dirichlet_rounding_never_goes_negative_and_linear_refuses_negative_weig
 def test_shipped_recipes_rank_on_each_tasks_overall_metric():
     """mmstar and vmcbench declare a category first, MME two sums: the recipes say which metric to
     rank on, every named metric is one the task declares, and MME is brought to 0-1."""
-    from merge_proxy.sweep import _declared_metrics, load_tasks
+    from lmms_eval.tasks import TaskManager
 
+    from merge_proxy.sweep import _declared_metrics, load_tasks
+    from merge_proxy.tasks import tasks_dir
+
+    tasks = TaskManager(include_path=[str(tasks_dir())])  # what a sweep of these recipes indexes, built once
     for path in sorted((REPO_ROOT / "recipes").glob("*dom*.yaml")):
-        tasks, _ = load_tasks(load_recipe(path))  # also checks every task and metric name
+        load_tasks(load_recipe(path), tasks)  # checks every task and metric name
         benchmarks = {b.task: b for b in load_recipe(path).benchmarks}
         assert (benchmarks["mmstar"].metric, benchmarks["vmcbench"].metric) == ("average", "average"), path.name
         # the reference's tolerant metrics, from merge_proxy.tasks

@@ -322,16 +322,18 @@ def _declared_metrics(tasks, task: str) -> list[str]:
     return [m["metric"] for m in (config or {}).get("metric_list") or [] if isinstance(m, dict) and "metric" in m]
 
 
-def load_tasks(recipe: Recipe):
+def load_tasks(recipe: Recipe, tasks: Any = None):
     """lmms-eval's task index for ``recipe`` (stock tasks, merge-proxy's :mod:`merge_proxy.tasks`, the
-    recipe's ``include_path``) and each benchmark's declared metrics, every benchmark's task and metric
-    checked: a typo fails now, not after a whole benchmark ran. Returns (TaskManager, task -> metrics)."""
-    from lmms_eval.tasks import TaskManager
+    recipe's ``include_path``; or ``tasks``, an index already built) and each benchmark's declared
+    metrics, every benchmark's task and metric checked: a typo fails now, not after a whole benchmark
+    ran. Returns (TaskManager, task -> metrics)."""
+    if tasks is None:
+        from lmms_eval.tasks import TaskManager
 
-    from merge_proxy.tasks import tasks_dir
+        from merge_proxy.tasks import tasks_dir
 
-    paths = [str(tasks_dir())] + ([str(recipe.include_path)] if recipe.include_path else [])
-    tasks = TaskManager(include_path=paths)
+        paths = [str(tasks_dir())] + ([str(recipe.include_path)] if recipe.include_path else [])
+        tasks = TaskManager(include_path=paths)
     missing = [b.task for b in recipe.benchmarks if b.task not in tasks.all_tasks]
     if missing:
         raise ConfigError(
