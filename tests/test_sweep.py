@@ -403,7 +403,7 @@ def test_a_republished_hub_expert_is_refused_with_the_pin_that_resumes(tmp_path)
     """An unpinned Hub expert re-published since (a new commit): refused once the sources are pinned,
     naming the commit to pin for the journal's scores; the recipe's text alone cannot tell."""
     from merge_proxy.journal import JournalRecord
-    from merge_proxy.sweep import ModelId, check_models
+    from merge_proxy.resume import ModelId, check_models
 
     old, new = "1" * 40, "2" * 40
     record = JournalRecord("proxy", "a=1", {"a": 1.0}, "t", 0.5,
@@ -421,23 +421,22 @@ def test_a_republished_hub_expert_is_refused_with_the_pin_that_resumes(tmp_path)
 
 def test_a_truth_journal_of_other_trained_models_is_not_resumed(tmp_path):
     from merge_proxy.journal import JournalRecord
-    from merge_proxy.recipe import Benchmark
-    from merge_proxy.sweep import WorkItem, check_truth_models
+    from merge_proxy.resume import check_truth_models
 
     mix = make_mixture("a=0.5,b=0.5", ["a", "b"])
     record = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="org/mixed-a5b5@" + "1" * 40)
-    same = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5@main")]  # another revision of it: the same model
+    same = {mix.key(): "org/mixed-a5b5@main"}  # another revision of it: the same model
     check_truth_models([record], same, tmp_path)
-    other = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5-v2")]
+    other = {mix.key(): "org/mixed-a5b5-v2"}
     with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from org/mixed-a5b5@1+, the recipe "
                                           r"trains it as org/mixed-a5b5-v2"):
         check_truth_models([record], other, tmp_path)
-    pinned_other = [WorkItem(mix, (Benchmark("t"),), "org/mixed-a5b5@" + "2" * 40)]  # another commit, pinned
+    pinned_other = {mix.key(): "org/mixed-a5b5@" + "2" * 40}  # another commit, pinned
     with pytest.raises(ConfigError, match=r"from org/mixed-a5b5@1+, the recipe trains it as org/mixed-a5b5@2+"):
         check_truth_models([record], pinned_other, tmp_path)
     # a moved project: the journal's folder is gone, the recipe's is here
     moved = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="/old/place/mixed-a5b5")
-    check_truth_models([moved], [WorkItem(mix, (Benchmark("t"),), str(tmp_path))], tmp_path)
+    check_truth_models([moved], {mix.key(): str(tmp_path)}, tmp_path)
 
 
 def shard_processes(out: Path) -> list[int]:
@@ -568,7 +567,8 @@ def journal_record(mode: str, mixture: str, benchmark: str, score: float, settin
 
 
 def test_resume_counts_only_finite_scores_of_its_own_mode_and_settings(tmp_path, tiny_vlm, domains, lora_experts):
-    from merge_proxy.sweep import plan, settings
+    from merge_proxy.resume import settings
+    from merge_proxy.sweep import plan
 
     recipe_path = write_recipe(tmp_path, tiny_vlm, domains, lora_experts)
     recipe = load_recipe(recipe_path)
@@ -651,7 +651,7 @@ def test_slurm_executor_off_a_cluster_says_so_in_one_line(tmp_path, tiny_vlm, do
 
 
 def test_local_shards_get_their_own_gpus(monkeypatch):
-    from merge_proxy.sweep import local_gpus, shard_gpus
+    from merge_proxy.executors import local_gpus, shard_gpus
 
     # read as CUDA reads it: up to the first empty/negative entry, nothing when an index repeats
     for visible, gpus in (("0,1", ["0", "1"]), ("-1", []), ("", []), ("0,,1", ["0"]), ("1,1", []), ("2,-1,3", ["2"])):
@@ -666,11 +666,11 @@ def test_local_shards_get_their_own_gpus(monkeypatch):
     assert shard_gpus(2, 0, []) == [(), ()]  # no GPU: the CPU, as before
     with pytest.raises(ConfigError, match=r"gpus_per_node: 2, but this machine shows 1 GPU\(s\) \(7\)"):
         shard_gpus(2, 2, ["7"])
-    from merge_proxy.sweep import _submit_local
+    from merge_proxy.executors import submit_local
 
     with pytest.raises(ConfigError, match=r"names GPUs by UUID \(2, 3, GPU-8f1c, MIG-4a2b\); submitit-local places"):
-        _submit_local(None, ([],), None, [])  # refused before anything is submitted
-    _submit_local(None, ([],), 0, [])  # gpus_per_node: 0 runs on the CPU, whatever the GPUs are named
+        submit_local(None, print, ([],), None, [])  # refused before anything is submitted
+    submit_local(None, print, ([],), 0, [])  # gpus_per_node: 0 runs on the CPU, whatever the GPUs are named
 
 
 def _embedded_image_tasks(color_task_dir: Path, root: Path) -> Path:

@@ -7,6 +7,8 @@ loses at most the benchmark in flight. ``mode: truth`` scores models really trai
 the same journal schema. Shards of mixtures can run as SLURM jobs through submitit; each shard writes
 its own journal file, gathered into the main one. Interrupting the submitter (Ctrl-C, SIGTERM)
 cancels the shard jobs it is waiting for; what they scored stays in their journals for the rerun.
+What a rerun may resume is decided in :mod:`merge_proxy.resume`; where shards run, in
+:mod:`merge_proxy.executors`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merge_proxy import executors
 from merge_proxy.errors import ConfigError, MissingDependencyError
 from merge_proxy.journal import (
     JOURNAL_FILE,
@@ -34,6 +37,7 @@ from merge_proxy.journal import (
 )
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
+from merge_proxy.resume import ModelId, check_models, check_settings, check_truth_models, settings
 
 if TYPE_CHECKING:  # lmms-eval is imported only where a sweep runs
     from lmms_eval.api.model import lmms
@@ -105,181 +109,6 @@ def gather(out_dir: Path) -> Journal:
         journal.append_many(fresh)
         held += fresh
     return journal
-
-
-def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
-    """Everything besides the mixture that decides a score, as the journal stores it (JSON types)."""
-    import json
-
-    found = {
-        "limit": benchmark.limit, "metric": list(benchmark.metric_names) or None, "method": recipe.method,
-        "scale": recipe.scale, "backend": recipe.backend, "backend_args": recipe.backend_args,
-        "max_score": benchmark.max_score, "chat_template_from": recipe.chat_template_from,
-        "postprocess": POSTPROCESS,
-    }
-    if found["metric"] and len(found["metric"]) == 1:
-        found["metric"] = found["metric"][0]
-    # Settings added later are stored only when used, so journals written before them still resume.
-    return json.loads(json.dumps({k: v for k, v in found.items() if v is not None or k in _ALWAYS}, sort_keys=True))
-
-
-#: Settings every journal record has held from the start (None included), and ``postprocess``, held
-#: since answers are post-processed as on lmms-eval's command line: a journal scored before then
-#: (images kept, reasoning blocks not stripped) is not resumed into.
-_ALWAYS = ("limit", "metric", "method", "scale", "backend", "backend_args", "postprocess")
-#: How lmms-eval post-processes answers in a sweep: with its command line's defaults (see
-#: :meth:`Evaluator._cli_args`).
-POSTPROCESS = "lmms-eval-cli"
-
-
-def check_settings(recipe: Recipe, records: Sequence[JournalRecord]) -> None:
-    """Refuse to resume into a journal scored with other settings (a ``limit: 5`` smoke run, another
-    scale): counting those records as done would mix two experiments in one ranking."""
-    wanted = {b.task: settings(recipe, b) for b in recipe.benchmarks}
-    for record in records:
-        expected = wanted.get(record.benchmark)
-        if record.mode != recipe.mode or expected is None or not record.settings:
-            continue
-        keys = sorted(set(expected) | set(record.settings))
-        changed = ", ".join(f"{k}: {record.settings.get(k)!r} -> {expected.get(k)!r}"
-                            for k in keys if record.settings.get(k) != expected.get(k))
-        if not changed:
-            continue
-        raise ConfigError(
-            f"{recipe.output_dir} holds {record.benchmark} scores made with other settings ({changed}); resuming would "
-            "mix two experiments: pass a new --out (or output_dir), or move the old journal away"
-        )
-
-
-@dataclass(frozen=True)
-class ModelId:
-    """A model as a journal names it, compared with what a rerun would score.
-
-    ``repo`` is a Hub repo id (its revision aside) or :data:`LOCAL`; ``detail`` what tells two versions
-    apart, when known: the commit (``repo@sha``) of a Hub model, the weight files' digest of a local one
-    (:func:`merge_proxy.experts.local_fingerprint`: a moved folder is the same model, one re-trained in
-    place is not). Unknown details (an unpinned revision, a journal older than the field) match.
-    """
-
-    repo: str
-    detail: str | None
-    shown: str
-
-    @classmethod
-    def from_source(cls, source: str) -> ModelId:
-        """From a recipe's or a submitter's source text (``ORG/NAME[@REV]`` or a directory)."""
-        from merge_proxy.experts import local_fingerprint
-
-        path = Path(source).expanduser()
-        if path.is_dir():
-            return cls(LOCAL, local_fingerprint(path), str(path.resolve()))
-        if source.startswith(("/", "~", ".")):  # a folder that is not there (any more)
-            return cls(LOCAL, None, source)
-        repo = _without_revision(source)
-        pinned = source if "@" in source and len(source.rsplit("@", 1)[1]) == 40 else None
-        return cls(repo, pinned, source)
-
-    @classmethod
-    def from_record(cls, entry: Mapping[str, Any]) -> ModelId | None:
-        """From a journal record's base or expert entry (None when it names no source)."""
-        source = entry.get("source")
-        if not source:
-            return None
-        if entry.get("revision") or not (source.startswith(("/", "~", ".")) or Path(source).expanduser().exists()):
-            return cls(_without_revision(source), entry.get("pinned"), entry.get("pinned") or source)
-        return cls(LOCAL, entry.get("fingerprint"), entry.get("pinned") or source)
-
-    def same(self, other: ModelId) -> bool:
-        if self.repo != other.repo:
-            return False
-        if self.detail and other.detail:
-            return self.detail == other.detail
-        if self.repo == LOCAL:  # a journal older than fingerprints: its folder, where it still is
-            return not (Path(self.shown).exists() and Path(other.shown).exists()) or _same_path(self.shown, other.shown)
-        return True
-
-    def same_place(self, other: ModelId) -> bool:
-        """The same repo or folder (if not the same version)."""
-        return self.repo == other.repo and (self.repo != LOCAL or _same_path(self.shown, other.shown))
-
-
-#: :attr:`ModelId.repo` of a local directory.
-LOCAL = "(a local directory)"
-
-
-def check_models(records: Sequence[JournalRecord], base: ModelId, experts: Mapping[str, ModelId], where: Path) -> None:
-    """Refuse to resume into a journal whose proxies merged other models: another base, another expert
-    under a name or the experts in another order (recipe B run into recipe A's directory), a
-    re-published expert's new commit, a local expert re-trained in place. Their scores would be
-    counted as done and ranked with the new ones. Checked from the recipe before anything runs, and
-    again once the sources are pinned or resolved (then every commit is known)."""
-    now = {"base": base, **experts}
-    seen: set[str] = set()
-    for record in records:
-        if record.mode != "proxy" or not record.experts:
-            continue
-        signature = repr((record.base, record.experts))
-        if signature in seen:
-            continue
-        seen.add(signature)
-        order = [e.get("name") for e in record.experts]
-        if order != list(experts) and sorted(map(str, order)) == sorted(experts):
-            raise ConfigError(
-                f"{where} holds proxy scores of the experts in the order {', '.join(map(str, order))}, the recipe "
-                f"lists {', '.join(experts)}: mixture ids follow that order, so list the experts as the journal does"
-            )
-        was = {"base": ModelId.from_record(record.base), **{e.get("name"): ModelId.from_record(e) for e in record.experts}}
-        differ = []
-        for k in ("base", *sorted((set(was) | set(now)) - {"base"}, key=str)):
-            if k in was and was[k] is None:  # an entry without a source (written before the field): not judged
-                continue
-            if k not in was or k not in now or not was[k].same(now[k]):
-                differ.append(k)
-        if not differ:
-            continue
-        changed = "; ".join(f"{k}: {was[k].shown if was.get(k) else 'none'} -> {now[k].shown if k in now else 'none'}"
-                            for k in differ)
-        why = ""
-        updated = [k for k in differ if was.get(k) and k in now and was[k].same_place(now[k])]
-        if any(now[k].repo == LOCAL for k in updated):
-            why += "; a local folder's weight files changed since: re-trained, or copied anew"
-        if any(now[k].repo != LOCAL for k in updated):
-            why += ("; a new commit: to keep scoring the journal's, pin it in the recipe: "
-                    + ", ".join(f"{k}: {was[k].detail}" for k in updated if now[k].repo != LOCAL))
-        raise ConfigError(
-            f"{where} holds proxy scores merged from other models ({changed}{why}); resuming would rank two "
-            "sets of experts together: pass a new --out (or output_dir), or move the old journal away"
-        )
-
-
-def check_truth_models(records: Sequence[JournalRecord], items: Sequence[WorkItem], where: Path) -> None:
-    """Refuse to resume a truth journal whose mixtures were scored on other trained models."""
-    wanted = {i.mixture.key(): ModelId.from_source(i.model) for i in items if i.model}
-    for record in records:
-        if record.mode != "truth" or not record.model or record.mixture_id not in wanted:
-            continue
-        have = ModelId.from_source(record.model)
-        if have.repo == LOCAL and Path(have.shown).expanduser().is_dir():
-            have = ModelId(LOCAL, None, have.shown)  # its files then are unknown: judged by the folder
-        if have.same(wanted[record.mixture_id]):
-            continue
-        raise ConfigError(
-            f"{where} holds truth scores of {record.mixture_id} from {have.shown}, the recipe trains it as "
-            f"{wanted[record.mixture_id].shown}: pass a new --out (or output_dir), or move the old journal away"
-        )
-
-
-def _same_path(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def _without_revision(source: str | None) -> str | None:
-    """``ORG/NAME[/SUB]`` of ``ORG/NAME[/SUB][@REV]``; a local directory as it is (its name may hold ``=`` or ``@``)."""
-    from merge_proxy.hub import split_revision
-
-    if not source or Path(source).expanduser().exists():
-        return source
-    return split_revision(source)[0]
 
 
 def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
@@ -576,171 +405,27 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     chunks = [keys[i::n] for i in range(n)]
     params = dict(recipe.executor.slurm)
     local = executor_type == "submitit-local"
-    executor = _local_executor(out, params.get("timeout_min")) if local else _slurm_executor(out, recipe.name, params)
+    executor = executors.local_executor(out, params.get("timeout_min")) if local else \
+        executors.slurm_executor(out, recipe.name, params)
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
     args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned] * n, [base] * n, [template] * n)
     jobs: list[Any] = []
     try:
         if local:
-            _submit_local(executor, args, params.get("gpus_per_node"), jobs)
+            executors.submit_local(executor, run_shard, args, params.get("gpus_per_node"), jobs)
         else:
             jobs.extend(executor.map_array(run_shard, *args))
         logger.info("submitted %d job(s): %s", len(jobs), ", ".join(j.job_id for j in jobs))
-        failures = _wait(jobs)
+        failures = executors.wait(jobs)
     except KeyboardInterrupt:
-        _cancel(jobs)
+        executors.cancel(jobs)
         gather(out)
         raise
     gather(out)
     if failures:
         raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
                           "rerun the same command to finish the remaining work")
-
-
-def _slurm_executor(out: Path, name: str, params: dict[str, Any]) -> Any:
-    """submitit's SLURM executor with the recipe's executor keys in submitit's names."""
-    import submitit
-
-    try:
-        executor = submitit.AutoExecutor(folder=out / "submitit", cluster="slurm")
-    except RuntimeError as err:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
-        raise ConfigError(f"cannot submit SLURM jobs from this machine ({err}); run the sweep on a SLURM login "
-                          "node, or use --executor local (this process) or submitit-local") from None
-    mapped: dict[str, Any] = {"timeout_min": int(params.get("timeout_min", 240))}
-    for key, target in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
-                        ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
-                        ("array_parallelism", "slurm_array_parallelism"), ("account", "slurm_account"),
-                        ("qos", "slurm_qos")):
-        if key in params:
-            mapped[target] = params[key]
-    executor.update_parameters(name=f"merge-proxy-{name}", **mapped)
-    return executor
-
-
-def _local_executor(out: Path, timeout: int | None) -> Any:
-    """submitit's LocalExecutor itself (only it takes visible_gpus, to place each shard), without a
-    time limit unless the recipe sets one: no scheduler asks for one here, and SLURM's 4-hour default
-    would stop a long local sweep part-way (submitit then reports a bare KeyboardInterrupt)."""
-    import submitit
-
-    executor = submitit.LocalExecutor(folder=out / "submitit")
-    executor.update_parameters(timeout_min=_NO_LIMIT_MIN if timeout is None else int(timeout))
-    logger.info("local shards run %s", "without a time limit (executor timeout_min sets one)"
-                if timeout is None else f"for at most {int(timeout)} min (executor timeout_min)")
-    return executor
-
-
-#: submitit-local's time limit when the recipe sets none: a year.
-_NO_LIMIT_MIN = 60 * 24 * 365
-
-
-def local_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them, else every GPU torch sees.
-
-    Read as CUDA reads it (and torch, ``torch.cuda._parse_visible_devices``): indices up to the first
-    entry that is empty, negative or not a number (``-1``: no GPU; ``0,,1``: GPU 0 only), no GPU at
-    all when an index repeats; ``GPU-``/``MIG-`` UUIDs are kept as names."""
-    import re
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    gpus: list[str] = []
-    for entry in (e.strip() for e in visible.split(",")):
-        if entry.startswith(("GPU-", "MIG-")):
-            gpus.append(entry)
-            continue
-        index = re.match(r"\d+", entry)
-        if index is None:
-            break
-        if str(int(index.group())) in gpus:
-            return []
-        gpus.append(str(int(index.group())))
-    return gpus
-
-
-def shard_gpus(shards: int, per_shard: int, gpus: Sequence[str]) -> list[tuple[str, ...]]:
-    """The GPUs of each local shard, round robin: shard i takes the next ``per_shard`` GPUs, so 8
-    shards on an 8-GPU node get one each (more shards than GPUs share them)."""
-    if per_shard > len(gpus):
-        raise ConfigError(f"executor gpus_per_node: {per_shard}, but this machine shows {len(gpus)} GPU(s) "
-                          f"({', '.join(gpus) or 'none'}); lower gpus_per_node or set CUDA_VISIBLE_DEVICES")
-    if per_shard == 0:
-        return [()] * shards
-    return [tuple(gpus[(i * per_shard + k) % len(gpus)] for k in range(per_shard)) for i in range(shards)]
-
-
-def _submit_local(executor: Any, args: tuple[list, ...], gpus_per_node: int | None, jobs: list[Any]) -> None:
-    """One submitit-local job per shard, each on its own GPUs, appended to ``jobs`` as it starts (an
-    interrupt part-way cancels those). submitit's local executor sets every job's
-    CUDA_VISIBLE_DEVICES to the first gpus_per_node GPUs (none by default: shards on a GPU node ran
-    on the CPU), so the devices are given job by job (``visible_gpus``)."""
-    import signal
-
-    gpus = local_gpus()
-    per_shard = (1 if gpus else 0) if gpus_per_node is None else gpus_per_node
-    if per_shard and not all(g.isdigit() for g in gpus):
-        raise ConfigError(f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({', '.join(gpus)}); submitit-local places "
-                          "shards by GPU index: give indices (e.g. 0,1,2,3), or use --executor local")
-    placement = shard_gpus(len(args[0]), per_shard, gpus)
-    if per_shard and len(placement) * per_shard > len(gpus):
-        logger.warning("%d shards x %d GPU(s) on %d GPU(s): shards share GPUs (each loads its own model); "
-                       "pass --shards %d for one per GPU", len(placement), per_shard, len(gpus),
-                       max(1, len(gpus) // per_shard))
-    # submitit cancels a local job with SIGINT; a submitter started with SIGINT ignored (`cmd &` in a
-    # script) would pass that on and make its shards uncancellable: they start with it at default.
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    try:
-        for i, devices in enumerate(placement):
-            executor.update_parameters(gpus_per_node=len(devices), visible_gpus=tuple(int(d) for d in devices))
-            jobs.append(executor.submit(run_shard, *(a[i] for a in args)))
-            logger.info("shard %d of %d on %s", i + 1, len(placement),
-                        f"GPU {', '.join(devices)}" if devices else "the CPU (no GPU visible)")
-    finally:
-        if ignored:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _wait(jobs: Sequence[Any]) -> list[str]:
-    """Wait for every job; one line per failed job (its error's last line), for one error at the end."""
-    failures = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as err:  # noqa: BLE001 - report every failed shard, then fail once
-            failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
-    return failures
-
-
-def _cancel(jobs: Sequence[Any]) -> None:
-    """The submitter was interrupted: its jobs go with it (an orphaned shard would keep a GPU busy
-    for a sweep nobody waits for). Each job journals per score, so the rerun keeps their work."""
-    running = [job for job in jobs if not _finished(job)]
-    stuck = []
-    for job in running:
-        try:
-            job.cancel(check=False)
-        except OSError:  # scancel missing from this node's PATH
-            stuck.append(job.job_id)
-    cancelled = [job.job_id for job in running if job.job_id not in stuck]
-    if cancelled:
-        logger.warning("interrupted: cancelled %d shard job(s) (%s); the scores they journaled are kept, rerun "
-                       "the same command to continue", len(cancelled), ", ".join(cancelled))
-    if stuck:
-        logger.error("could not cancel job(s) %s (no scancel here): cancel them with `scancel %s`",
-                     ", ".join(stuck), " ".join(stuck))
-
-
-def _finished(job: Any) -> bool:
-    try:
-        return bool(job.done())
-    except Exception:  # noqa: BLE001 - sacct unreachable: cancelling a finished job is harmless
-        return False
 
 
 @dataclass(frozen=True)
@@ -766,7 +451,7 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
         if recipe.mode == "proxy":
             check_models(records, ModelId.from_source(recipe.base),
                          {n: ModelId.from_source(s) for n, s in sources.items()}, recipe.output_dir)
-        check_truth_models(records, items, recipe.output_dir)
+        check_truth_models(records, {i.mixture.key(): i.model for i in items if i.model}, recipe.output_dir)
         done = scored(records, recipe.mode)
     todo = pending(items, done)
     total = sum(len(i.benchmarks) for i in items)
