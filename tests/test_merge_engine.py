@@ -528,13 +528,33 @@ def test_sigterm_mid_export_leaves_no_directory(tmp_path, monkeypatch, tiny_vlm,
         os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(merge_proxy.export, "write_streaming", write_then_terminated)
-    previous = signal.getsignal(signum)
-    out = tmp_path / "new" / "deep" / "out"
-    rc = main(["merge", "--base", str(tiny_vlm.path), "--expert", f"f={full_experts['f1']}", "--weights", "f=1",
-               "--out", str(out)])
-    assert rc == 128 + signum
-    assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signum) is previous
+    # A run under nohup (a CI job may be one) ignores SIGHUP, and merge leaves it ignored: this test is
+    # about a terminal that can hang up.
+    ignored = signal.getsignal(signum)
+    signal.signal(signum, signal.SIG_DFL)
+    try:
+        out = tmp_path / "new" / "deep" / "out"
+        rc = main(["merge", "--base", str(tiny_vlm.path), "--expert", f"f={full_experts['f1']}", "--weights",
+                   "f=1", "--out", str(out)])
+        assert rc == 128 + signum
+        assert list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signum) is signal.SIG_DFL
+    finally:
+        signal.signal(signum, ignored)
+
+
+def test_merge_under_nohup_leaves_sighup_ignored():
+    import signal
+
+    from merge_proxy.cli import _terminate_as_interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        restore = _terminate_as_interrupt(hangup=True)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        restore()
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_outputs_follow_the_umask_and_orphans_are_removed(tmp_path):
