@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from merge_proxy.analysis import (
-    AGGREGATE,
-    ROW_STATISTICS,
-    Scores,
-    analyze,
-    bootstrap_indices,
-    compare,
-    competition_ranks,
-    correlate,
-    expected_top_k_hit,
-    normalize_benchmark_weights,
-    rank,
-)
+from merge_proxy.analysis import AGGREGATE, Scores, analyze, compare, normalize_benchmark_weights
+from merge_proxy.correlation import ROW_STATISTICS, bootstrap_indices, correlate
+from merge_proxy.ranking import competition_ranks, expected_top_k_hit, rank
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import Journal, JournalRecord
 from merge_proxy.mixture import Mixture

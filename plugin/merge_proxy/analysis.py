@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from merge_proxy.correlation import METHODS, Correlation, correlate
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord
 from merge_proxy.listing import some
+from merge_proxy.ranking import best_set, competition_ranks, expected_regret, expected_top_k_hit, rank
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ judges the recommended mixture itself, ranks are equal for tied scores. 3: ``tru
 AGGREGATE = "aggregate"
 #: Weights closer than this are equal (the uniform mixture of 3 domains is written 0.333333,...).
 WEIGHT_TOLERANCE = 1e-6
-#: Fewer mixtures than this carry no ranking information worth a number: the correlations are NaN.
-MIN_MIXTURES_FOR_CORRELATION = 3
-METHODS = ("spearman", "kendall", "pearson")
-#: Scores equal to this many significant digits are tied: a weighted mean of equal scores can differ
-#: from another in its last bits, and such a difference must not pick a mixture.
-TIE_DIGITS = 12
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,221 +189,6 @@ def normalize_benchmark_weights(
     if skipped:
         logger.info("benchmarks with weight 0 (not in the aggregate): %s", ", ".join(skipped))
     return {b: w / total for b, w in raw.items()}
-
-
-def _tie_key(score: float) -> float:
-    """The score as ties are judged: rounded to :data:`TIE_DIGITS` significant digits."""
-    return float(f"{score:.{TIE_DIGITS}g}")
-
-
-def rank(scores: Mapping[str, float]) -> list[str]:
-    """Mixture ids best first. Tied mixtures are listed by mixture_id so that tables and files are
-    stable, but that order means nothing: :func:`competition_ranks` gives them equal ranks and
-    :func:`best_set` names all of them."""
-    return sorted(scores, key=lambda m: (-_tie_key(scores[m]), m))
-
-
-def competition_ranks(scores: Mapping[str, float]) -> dict[str, int]:
-    """mixture_id -> rank, 1 = best, tied mixtures sharing the best rank of their group ("1, 1, 3"):
-    a rank must not say one mixture beats another when their scores are equal."""
-    from scipy.stats import rankdata
-
-    ids = list(scores)
-    if not ids:
-        return {}
-    ranks = rankdata([-_tie_key(scores[m]) for m in ids], method="min")
-    return {m: int(r) for m, r in zip(ids, ranks)}
-
-
-def best_set(scores: Mapping[str, float]) -> tuple[str, ...]:
-    """Every mixture tied for the best score, by mixture_id; empty for no scores."""
-    if not scores:
-        return ()
-    top = max(_tie_key(s) for s in scores.values())
-    return tuple(sorted(m for m, s in scores.items() if _tie_key(s) == top))
-
-
-def _tie_groups(scores: Mapping[str, float]) -> list[list[str]]:
-    """Mixtures grouped by tied score, best group first."""
-    groups: dict[float, list[str]] = {}
-    for m in rank(scores):
-        groups.setdefault(_tie_key(scores[m]), []).append(m)
-    return list(groups.values())
-
-
-def expected_top_k_hit(proxy: Mapping[str, float], targets: Iterable[str], k: int) -> float:
-    """Probability that one of ``targets`` is in the proxy's first ``k`` when the proxy's ties are
-    broken uniformly at random.
-
-    Without ties this is 1.0 or 0.0. A tie straddling the cut at ``k`` (``g`` mixtures for ``s`` places,
-    ``h`` of them targets) misses with probability C(g-h, s) / C(g, s). The expectation, rather than one
-    arbitrary tie-break, keeps the mixture-id spelling out of the verdict: a proxy that scores every
-    mixture alike earns the hit rate of a random pick, not a hit or a miss by alphabetical luck.
-    """
-    wanted = set(targets)
-    slots = k
-    for group in _tie_groups(proxy):
-        if slots <= 0:
-            break
-        hits = len(wanted.intersection(group))
-        if len(group) <= slots:
-            if hits:
-                return 1.0
-            slots -= len(group)
-            continue
-        return 1.0 - math.comb(len(group) - hits, slots) / math.comb(len(group), slots)
-    return 0.0
-
-
-def expected_regret(picks: Sequence[str], truth: Mapping[str, float]) -> float | None:
-    """The truth's best score minus the mean truth score of ``picks`` (the proxy's tied best, each
-    equally likely to be chosen); None when a pick has no truth score (its cost is unknown)."""
-    if not truth or not picks or any(m not in truth for m in picks):
-        return None
-    top = max(truth.values())
-    return float(math.fsum(top - truth[m] for m in picks) / len(picks))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Statistics
-
-
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    return a[None, :] if a.ndim == 1 else a
-
-
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson's r of each row pair; NaN where a row is constant (no defined correlation)."""
-    x, y = _as_2d(np.asarray(x, float)), _as_2d(np.asarray(y, float))
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    sxx, syy = (xc * xc).sum(axis=1), (yc * yc).sum(axis=1)
-    denom = np.sqrt(sxx * syy)
-    # Rows that are constant up to rounding give a meaningless r; scipy also reports NaN for them.
-    scale_x = np.abs(x).max(axis=1) + 1.0
-    scale_y = np.abs(y).max(axis=1) + 1.0
-    n = x.shape[1]
-    degenerate = (sxx <= (1e-12 * scale_x) ** 2 * n) | (syy <= (1e-12 * scale_y) ** 2 * n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / denom
-    r = np.clip(r, -1.0, 1.0)
-    r[degenerate] = np.nan
-    return r
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row pair: Pearson on average ranks, as scipy.stats.spearmanr."""
-    from scipy.stats import rankdata
-
-    return _pearson_rows(rankdata(_as_2d(x), axis=1), rankdata(_as_2d(y), axis=1))
-
-
-def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row pair: sum(sign dx * sign dy) / sqrt(pairs untied in x * untied in y)."""
-    x, y = _as_2d(np.asarray(x, float)), _as_2d(np.asarray(y, float))
-    sx = np.sign(x[:, :, None] - x[:, None, :])
-    sy = np.sign(y[:, :, None] - y[:, None, :])
-    num = (sx * sy).sum(axis=(1, 2))
-    denom = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tau = num / denom
-    tau = np.clip(tau, -1.0, 1.0)
-    tau[denom == 0] = np.nan
-    return tau
-
-
-#: Vectorized (row-wise) versions of the three statistics, used for the bootstrap resamples.
-ROW_STATISTICS = {"spearman": _spearman_rows, "kendall": _kendall_rows, "pearson": _pearson_rows}
-
-
-def _scipy_statistic(method: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(statistic, p-value) from scipy itself; NaN when an input is constant."""
-    from scipy import stats
-
-    fn = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[method]
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConstantInputWarning / NearConstantInputWarning: NaN says it
-        res = fn(x, y)
-    return float(res.statistic), float(res.pvalue)
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """One correlation of proxy and truth scores, with a percentile bootstrap interval.
-
-    The interval comes from resampling the mixtures with replacement (``n_boot`` times, fixed seed):
-    with the 5-25 mixtures a sweep affords, the point estimate alone overstates what is known.
-    Resamples on which the statistic is undefined (a resample where one side is constant) are dropped;
-    ``n_boot_valid`` says how many were left. Every value is NaN when it is undefined on the data.
-    """
-
-    method: str
-    """``spearman``, ``kendall`` (tau-b) or ``pearson``."""
-    value: float
-    pvalue: float
-    low: float
-    high: float
-    confidence: float
-    n_boot: int
-    n_boot_valid: int
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) indices of mixtures drawn with replacement; the same for a given (n, n_boot, seed)."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def _bootstrap_distribution(method: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The statistic on each resample, in chunks: Kendall's pairwise arrays grow as n_boot * n * n."""
-    fn = ROW_STATISTICS[method]
-    n = x.size
-    step = max(1, 4_000_000 // (n * n))
-    return np.concatenate([fn(x[idx[i:i + step]], y[idx[i:i + step]]) for i in range(0, len(idx), step)])
-
-
-def correlate(
-    x: Sequence[float], y: Sequence[float], *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-) -> dict[str, Correlation]:
-    """Spearman, Kendall tau-b and Pearson of paired ``x`` (proxy) and ``y`` (truth), each with an interval.
-
-    Point estimates and p-values are scipy's (``spearmanr``, ``kendalltau``, ``pearsonr``). The intervals
-    are a paired percentile bootstrap written here rather than ``scipy.stats.bootstrap``: the latter
-    returns a NaN interval as soon as one resample is constant (likely with few, tied mixtures) and calls
-    a non-vectorized statistic once per resample; here the three statistics share the same resamples and
-    run vectorized, and undefined resamples are dropped.
-    """
-    if not 0 < confidence < 1:
-        raise ConfigError(f"confidence must be between 0 and 1, got {confidence}")
-    if n_boot < 0:
-        raise ConfigError(f"n_boot must be >= 0, got {n_boot}")
-    xa, ya = np.asarray(x, float), np.asarray(y, float)
-    if xa.shape != ya.shape or xa.ndim != 1:
-        raise ValueError(f"x and y must be 1-d and paired, got shapes {xa.shape} and {ya.shape}")
-    n = xa.size
-    out: dict[str, Correlation] = {}
-    if n < MIN_MIXTURES_FOR_CORRELATION:
-        for method in METHODS:
-            out[method] = Correlation(method, math.nan, math.nan, math.nan, math.nan, confidence, n_boot, 0)
-        return out
-    idx = bootstrap_indices(n, n_boot, seed) if n_boot else None
-    alpha = (1 - confidence) / 2
-    # Rank statistics see the ties the ranking sees: scores equal to TIE_DIGITS digits are tied here too.
-    tied = np.array([_tie_key(v) for v in xa]), np.array([_tie_key(v) for v in ya])
-    for method in METHODS:
-        xm, ym = (xa, ya) if method == "pearson" else tied
-        value, pvalue = _scipy_statistic(method, xm, ym)
-        low = high = math.nan
-        valid = 0
-        if idx is not None and math.isfinite(value):
-            dist = _bootstrap_distribution(method, xm, ym, idx)
-            dist = dist[np.isfinite(dist)]
-            valid = int(dist.size)
-            if valid:
-                low, high = (float(v) for v in np.percentile(dist, [100 * alpha, 100 * (1 - alpha)]))
-        out[method] = Correlation(method, value, pvalue, low, high, confidence, n_boot, valid)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
