@@ -526,9 +526,9 @@ def _baseline(name: str, row: MixtureResult | None) -> Baseline:
 
 
 def proxy_is_truth(proxy_records: Iterable[JournalRecord], truth_records: Iterable[JournalRecord]) -> tuple[str, ...]:
-    """Mixtures whose truth model is the very expert their proxy reduces to: one expert at weight 1
-    (coefficient 1), and the truth run evaluated that expert's checkpoint, as the paper recipes do for
-    the single-expert baselines. Proxy and truth are then one model scored twice; counting such pairs
+    """Mixtures whose truth model is the very expert their proxy reduces to: exactly one non-zero
+    coefficient (weight, times scale for task_arithmetic), equal to 1, and the truth run evaluated that
+    expert's checkpoint, as the paper recipes do for the single-expert baselines. Proxy and truth are then one model scored twice; counting such pairs
     would raise every correlation by construction (they also sit at the extremes of the ranking).
 
     Judged by the pinned sources the journals record (``repo@sha`` or a local path), so a one-domain

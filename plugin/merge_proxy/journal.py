@@ -72,15 +72,18 @@ def shard_journals(sweep_dir: Path) -> list[Path]:
     return sorted((sweep_dir / SHARD_DIR).glob("*.jsonl"))
 
 
+def shards_of(journal: Path) -> list[Path]:
+    """The shard journals beside a sweep's journal.jsonl (none for a journal file named otherwise)."""
+    return shard_journals(journal.parent) if journal.name == JOURNAL_FILE else []
+
+
 def read_with_shards(journal: Path) -> tuple[list[JournalRecord], list[JournalRecord]]:
     """A sweep's journal records, and those only in its shard journals (SLURM jobs not gathered yet;
-    one per key, the main journal's first, see :func:`new_information`). A journal file named other
-    than journal.jsonl has no shards."""
+    one per key, the main journal's first, see :func:`new_information`)."""
     records = Journal(journal).records()
     fresh: list[JournalRecord] = []
-    if journal.name == JOURNAL_FILE:
-        for shard in shard_journals(journal.parent):
-            fresh += new_information(records + fresh, Journal(shard).records())
+    for shard in shards_of(journal):
+        fresh += new_information(records + fresh, Journal(shard).records())
     return records, fresh
 
 

@@ -26,7 +26,7 @@ from merge_proxy.journal import (
     JournalRecord,
     read_with_shards,
     records_digest,
-    shard_journals,
+    shards_of,
 )
 
 if TYPE_CHECKING:  # report imports scipy and matplotlib: loaded when a report is made
@@ -53,10 +53,7 @@ class ResultsInput:
 
     @property
     def shards(self) -> list[Path]:
-        """Shard journals beside a sweep's journal.jsonl (none for a journal file named otherwise)."""
-        if self.journal.name != JOURNAL_FILE:
-            return []
-        return shard_journals(self.directory)
+        return shards_of(self.journal)
 
 
 def locate(results: str | Path) -> ResultsInput:

@@ -78,13 +78,14 @@ class ModelId:
     shown: str
 
     @classmethod
-    def from_source(cls, source: str) -> ModelId:
-        """From a recipe's or a submitter's source text (``ORG/NAME[@REV]`` or a directory)."""
+    def from_source(cls, source: str, files: bool = True) -> ModelId:
+        """From a recipe's or a submitter's source text (``ORG/NAME[@REV]`` or a directory); ``files``
+        False leaves a local folder's weight files out (what the other side has no digest of)."""
         from merge_proxy.experts import local_fingerprint
 
         path = Path(source).expanduser()
         if path.is_dir():
-            return cls(LOCAL, local_fingerprint(path), str(path.resolve()))
+            return cls(LOCAL, local_fingerprint(path) if files else None, str(path.resolve()))
         if source.startswith(("/", "~", ".")):  # a folder that is not there (any more)
             return cls(LOCAL, None, source)
         repo = _without_revision(source)
@@ -167,13 +168,12 @@ def check_models(records: Sequence[JournalRecord], base: ModelId, experts: Mappi
 def check_truth_models(records: Sequence[JournalRecord], models: Mapping[str, str], where: Path) -> None:
     """Refuse to resume a truth journal whose mixtures were scored on other trained models (``models``:
     mixture id -> the source the recipe trains it as)."""
-    wanted = {mixture: ModelId.from_source(source) for mixture, source in models.items()}
+    # A truth record names its model's folder, not the digest of its files then: judged by the folder.
+    wanted = {mixture: ModelId.from_source(source, files=False) for mixture, source in models.items()}
     for record in records:
         if record.mode != "truth" or not record.model or record.mixture_id not in wanted:
             continue
-        have = ModelId.from_source(record.model)
-        if have.repo == LOCAL and Path(have.shown).expanduser().is_dir():
-            have = ModelId(LOCAL, None, have.shown)  # its files then are unknown: judged by the folder
+        have = ModelId.from_source(record.model, files=False)
         if have.same(wanted[record.mixture_id]):
             continue
         raise ConfigError(
