@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from merge_proxy.generators import grid
@@ -221,3 +222,22 @@ def test_weights_option_errors_name_the_benchmark(tmp_path):
     with pytest.raises(ConfigError, match=r"weight of benchmark 't1' is 'abc', not a number"):
         benchmark_weights(inputs, "t1=abc")
     assert benchmark_weights(inputs, "t1=2,t2=0.5") == {"t1": 2.0, "t2": 0.5}
+    assert benchmark_weights(inputs, "t1=2;t2=0") == {"t1": 2.0, "t2": 0.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("t1=1,t1=2", "weight for benchmark 't1' given twice"),
+    ("t1=-1", "weight of benchmark 't1' is -1; use a finite weight >= 0"),
+    ("t1=nan", "weight of benchmark 't1' is 'nan'; weights must be finite"),
+    ("t1", "need the benchmarks' order; write NAME=W instead (e.g. --weights chartqa=2,gqa=1)"),
+    ("t1=1,2", "mix of named and positional weights"),
+    (" , ", "no weights given"),
+    ("t 1=1", "invalid benchmark name 't 1'"),
+])
+def test_weights_option_rejects_what_the_mixture_parser_rejects(tmp_path, text, message):
+    from merge_proxy.errors import ConfigError
+    from merge_proxy.results import benchmark_weights, locate
+
+    with pytest.raises(ConfigError) as err:
+        benchmark_weights(locate(sweep_dir(tmp_path, "proxy")), text)
+    assert message in str(err.value)

@@ -17,9 +17,12 @@ import yaml
 
 from merge_proxy import generators
 from merge_proxy.errors import ConfigError
+from merge_proxy.experts import local_fingerprint
 from merge_proxy.journal import Journal
 from merge_proxy.mixture import make_mixture
 from merge_proxy.recipe import expand_mixtures, load_recipe
+
+pytest_plugins = ["merge_proxy.testing.hub.pytest_fixtures"]
 
 SCRIPTS = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -421,22 +424,51 @@ def test_a_republished_hub_expert_is_refused_with_the_pin_that_resumes(tmp_path)
 
 def test_a_truth_journal_of_other_trained_models_is_not_resumed(tmp_path):
     from merge_proxy.journal import JournalRecord
-    from merge_proxy.resume import check_truth_models
+    from merge_proxy.resume import ModelId, check_truth_models
 
     mix = make_mixture("a=0.5,b=0.5", ["a", "b"])
     record = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="org/mixed-a5b5@" + "1" * 40)
-    same = {mix.key(): "org/mixed-a5b5@main"}  # another revision of it: the same model
-    check_truth_models([record], same, tmp_path)
-    other = {mix.key(): "org/mixed-a5b5-v2"}
+
+    def recipe_trains(source: str) -> dict[str, ModelId]:
+        return {mix.key(): ModelId.from_source(source)}
+
+    check_truth_models([record], recipe_trains("org/mixed-a5b5@main"), tmp_path)  # a branch: not pinned yet
     with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from org/mixed-a5b5@1+, the recipe "
-                                          r"trains it as org/mixed-a5b5-v2"):
-        check_truth_models([record], other, tmp_path)
-    pinned_other = {mix.key(): "org/mixed-a5b5@" + "2" * 40}  # another commit, pinned
-    with pytest.raises(ConfigError, match=r"from org/mixed-a5b5@1+, the recipe trains it as org/mixed-a5b5@2+"):
-        check_truth_models([record], pinned_other, tmp_path)
+                                          r"trains it as org/mixed-a5b5-v2: pass a new --out"):
+        check_truth_models([record], recipe_trains("org/mixed-a5b5-v2"), tmp_path)
+    # another commit (pinned, or as the run resolves it): the pin that keeps the journal's
+    with pytest.raises(ConfigError, match=r"from org/mixed-a5b5@1+, the recipe trains it as org/mixed-a5b5@2+; a new "
+                                          r"commit: to keep scoring the journal's, pin it in the recipe: model: "
+                                          r"org/mixed-a5b5@1+:"):
+        check_truth_models([record], recipe_trains("org/mixed-a5b5@" + "2" * 40), tmp_path)
     # a moved project: the journal's folder is gone, the recipe's is here
     moved = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model="/old/place/mixed-a5b5")
-    check_truth_models([moved], {mix.key(): str(tmp_path)}, tmp_path)
+    check_truth_models([moved], recipe_trains(str(tmp_path)), tmp_path)
+
+
+def test_a_truth_model_re_trained_into_its_folder_is_not_resumed(tmp_path):
+    from merge_proxy.experts import local_fingerprint
+    from merge_proxy.journal import JournalRecord
+    from merge_proxy.resume import ModelId, check_truth_models
+
+    mix = make_mixture("a=0.5,b=0.5", ["a", "b"])
+    folder = tmp_path / "saves" / "mixed"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"first run")
+    record = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model=str(folder),
+                           model_fingerprint=local_fingerprint(folder))
+    check_truth_models([record], {mix.key(): ModelId.from_source(str(folder))}, tmp_path)
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)  # a moved project keeps its files' times: the same model
+    check_truth_models([record], {mix.key(): ModelId.from_source(str(moved))}, tmp_path)
+    moved.rename(folder)
+    (folder / "adapter_model.safetensors").write_bytes(b"second run, another seed")
+    with pytest.raises(ConfigError, match=r"holds truth scores of a=0.5,b=0.5 from .*saves/mixed, the recipe trains "
+                                          r"it as .*saves/mixed; its weight files changed since: re-trained, or "
+                                          r"copied anew: pass a new --out"):
+        check_truth_models([record], {mix.key(): ModelId.from_source(str(folder))}, tmp_path)
+    old = JournalRecord("truth", mix.key(), mix.as_dict(), "t", 0.5, model=str(folder))  # before the field
+    check_truth_models([old], {mix.key(): ModelId.from_source(str(folder))}, tmp_path)
 
 
 def shard_processes(out: Path) -> list[int]:
@@ -555,7 +587,38 @@ def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vl
         (m, t) for m in ("a=0.25,b=0.75", "a=0.5,b=0.5") for t in (domains.tasks["color"], domains.tasks["shape"])}
     assert {r.mode for r in records} == {"truth"}
     assert {r.model for r in records} == {str(lora_experts["c"]), str(full_experts["f1"])}
+    assert {(r.model, r.model_fingerprint) for r in records} == {
+        (str(p), local_fingerprint(p)) for p in (lora_experts["c"], full_experts["f1"])}
     assert {r.settings["chat_template_from"] for r in records} == {str(tiny_vlm.path)}
+
+
+@pytest.mark.slow
+def test_a_truth_model_re_published_mid_mixture_is_refused_before_scoring(tmp_path, hub_emulator, hub_api, tiny_vlm,
+                                                                          domains, lora_experts):
+    """A mixture half scored on a Hub truth model whose main has moved since: refused once the run
+    resolves the commit (the recipe's text cannot tell), naming the pin that resumes; nothing appended."""
+    hub_api.create_repo("tester/mixed")
+    first = hub_api.upload_folder(repo_id="tester/mixed", folder_path=lora_experts["c"],
+                                  ignore_patterns=["README.md"]).oid
+    hub_api.upload_file(path_or_fileobj=b"retrained", path_in_repo="NOTE.txt", repo_id="tester/mixed")
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, mode="truth",
+                          truth=[{"weights": {"a": 0.5, "b": 0.5}, "model": "tester/mixed"}])
+    data = yaml.safe_load(recipe.read_text())
+    data.pop("mixtures")
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "truth"
+    from merge_proxy.journal import JournalRecord
+
+    Journal(out / "journal.jsonl").append(JournalRecord(
+        "truth", "a=0.5,b=0.5", {"a": 0.5, "b": 0.5}, domains.tasks["color"], 0.5, model=f"tester/mixed@{first}"))
+    before = (out / "journal.jsonl").read_bytes()
+    proc = sweep(recipe, out, env={**os.environ, **hub_emulator.client_env(hf_home=tmp_path / "hf-home")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"holds truth scores of a=0.5,b=0.5 from tester/mixed@{first}, the recipe trains it as tester/mixed@"
+            in proc.stderr)
+    assert f"a new commit: to keep scoring the journal's, pin it in the recipe: model: tester/mixed@{first}" \
+        in proc.stderr
+    assert (out / "journal.jsonl").read_bytes() == before and not (out / "recipe.yaml").exists()
 
 
 def journal_record(mode: str, mixture: str, benchmark: str, score: float, settings: dict | None = None):

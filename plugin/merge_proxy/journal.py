@@ -38,6 +38,9 @@ class JournalRecord:
     experts: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
     """For ``truth``: the pinned source of the checkpoint trained on this mixture."""
+    model_fingerprint: str | None = None
+    """For ``truth`` from a local folder: its weight files' digest (:attr:`ResolvedModel.fingerprint`),
+    so a rerun tells a model re-trained into the same folder from the one scored."""
     lmms_eval_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)

@@ -77,34 +77,36 @@ def _parse_float(raw: str, label: str) -> float:
     return value
 
 
-def parse_weights(text: str, names: Sequence[str] | None = None) -> dict[str, float]:
+def parse_weights(text: str, names: Sequence[str] | None = None, *, what: str = "expert",
+                  example: str = "ocr=0.25,general=0.75") -> dict[str, float]:
     """Parse ``NAME=W`` items or positional ``W`` items separated by ``;`` (or ``,``).
 
     Positional weights need ``names`` (the experts in order). Only the syntax is checked here; use
-    :func:`make_mixture` to check the weights against the experts and the method.
+    :func:`make_mixture` to check the weights against the experts and the method. ``what`` and
+    ``example`` word the errors for other weighted things (the report's benchmark weights).
     """
     items = _split_items(text)
     if not items:
-        raise ConfigError("no weights given; write them as NAME=W,NAME=W or NAME=W;NAME=W (e.g. ocr=0.25,general=0.75)")
+        raise ConfigError(f"no weights given; write them as NAME=W,NAME=W or NAME=W;NAME=W (e.g. {example})")
     named = ["=" in item for item in items]
     if all(named):
         weights: dict[str, float] = {}
         for item in items:
             name, raw = (part.strip() for part in item.split("=", 1))
-            check_name(name)
+            check_name(name, f"{what} name")
             if name in weights:
-                raise ConfigError(f"weight for expert {name!r} given twice in {text!r}")
-            weights[name] = _parse_float(raw, f"expert {name!r}")
+                raise ConfigError(f"weight for {what} {name!r} given twice in {text!r}; give it once")
+            weights[name] = _parse_float(raw, f"{what} {name!r}")
         return weights
     if any(named):
-        raise ConfigError(f"mix of named and positional weights in {text!r}; name all of them (NAME=W)")
+        raise ConfigError(f"mix of named and positional weights in {text!r}; name all of them (e.g. {example})")
     if names is None:
-        raise ConfigError(f"positional weights {text!r} need the experts' order; write NAME=W instead")
+        raise ConfigError(f"positional weights {text!r} need the {what}s' order; write NAME=W instead (e.g. {example})")
     if len(items) != len(names):
         raise ConfigError(
-            f"{len(items)} weights for {len(names)} experts ({', '.join(names)}); give one weight per expert"
+            f"{len(items)} weights for {len(names)} {what}s ({', '.join(names)}); give one weight per {what}"
         )
-    return {name: _parse_float(raw, f"expert {name!r}") for name, raw in zip(names, items)}
+    return {name: _parse_float(raw, f"{what} {name!r}") for name, raw in zip(names, items)}
 
 
 def make_mixture(

@@ -11,7 +11,6 @@ there. :func:`read_results` reads both, so a report never silently leaves those 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.hub import HubOptions, is_repo_id, stale_file_deletes
+from merge_proxy.mixture import parse_weights
 from merge_proxy.journal import (
     JOURNAL_FILE,
     SHARD_DIR,
@@ -86,25 +86,11 @@ def read_results(inputs: ResultsInput) -> list[JournalRecord]:
 
 
 def parse_benchmark_weights(text: str) -> dict[str, float]:
-    """``TASK=W,TASK=W`` (``;`` works too) -> task -> weight; errors name the benchmark and the fix."""
-    weights: dict[str, float] = {}
-    for item in (part.strip() for part in text.replace(";", ",").split(",")):
-        if not item:
-            continue
-        task, sep, raw = (s.strip() for s in item.partition("="))
-        if not sep or not task:
-            raise ConfigError(f"benchmark weight {item!r} is not TASK=W; write e.g. --weights chartqa=2,gqa=1")
-        if task in weights:
-            raise ConfigError(f"benchmark {task!r} is weighted twice in {text!r}; give it once")
-        try:
-            w = float(raw)
-        except ValueError:
-            raise ConfigError(f"weight of benchmark {task!r} is {raw!r}, not a number; write e.g. {task}=2") from None
-        if not math.isfinite(w) or w < 0:
-            raise ConfigError(f"weight of benchmark {task!r} is {raw}; use a finite weight >= 0")
-        weights[task] = w
-    if not weights:
-        raise ConfigError("--weights is empty; write TASK=W,... (e.g. chartqa=2,gqa=1)")
+    """``TASK=W,TASK=W`` (``;`` works too) -> task -> weight: the mixtures' parser, and weights >= 0."""
+    weights = parse_weights(text, what="benchmark", example="--weights chartqa=2,gqa=1")
+    for task, w in weights.items():
+        if w < 0:
+            raise ConfigError(f"weight of benchmark {task!r} is {w:g}; use a finite weight >= 0 (0 leaves it out)")
     return weights
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord
 from merge_proxy.recipe import Benchmark, Recipe
+
+if TYPE_CHECKING:
+    from merge_proxy.experts import ResolvedModel
 
 
 def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
@@ -93,6 +96,13 @@ class ModelId:
         return cls(repo, pinned, source)
 
     @classmethod
+    def from_resolved(cls, model: ResolvedModel) -> ModelId:
+        """From a model as :func:`merge_proxy.experts.resolve` found it (a Hub one at its commit)."""
+        if model.repo_id:
+            return cls.from_source(model.pinned_source)
+        return cls(LOCAL, model.fingerprint, str(model.path))
+
+    @classmethod
     def from_record(cls, entry: Mapping[str, Any]) -> ModelId | None:
         """From a journal record's base or expert entry (None when it names no source)."""
         source = entry.get("source")
@@ -165,20 +175,32 @@ def check_models(records: Sequence[JournalRecord], base: ModelId, experts: Mappi
         )
 
 
-def check_truth_models(records: Sequence[JournalRecord], models: Mapping[str, str], where: Path) -> None:
+def truth_model_id(record: JournalRecord) -> ModelId:
+    """The trained model a truth record scored: its pinned source, and a local folder's digest then
+    (absent from journals written before the field: judged by the folder)."""
+    have = ModelId.from_source(record.model or "", files=False)
+    if have.repo == LOCAL and record.model_fingerprint:
+        have = ModelId(LOCAL, record.model_fingerprint, have.shown)
+    return have
+
+
+def check_truth_models(records: Sequence[JournalRecord], models: Mapping[str, ModelId], where: Path) -> None:
     """Refuse to resume a truth journal whose mixtures were scored on other trained models (``models``:
-    mixture id -> the source the recipe trains it as)."""
-    # A truth record names its model's folder, not the digest of its files then: judged by the folder.
-    wanted = {mixture: ModelId.from_source(source, files=False) for mixture, source in models.items()}
+    mixture id -> the model the recipe trains it as, :meth:`ModelId.from_source`): another repo or
+    folder, a re-published model's new commit, a model re-trained into the same folder."""
     for record in records:
-        if record.mode != "truth" or not record.model or record.mixture_id not in wanted:
+        if record.mode != "truth" or not record.model or record.mixture_id not in models:
             continue
-        have = ModelId.from_source(record.model, files=False)
-        if have.same(wanted[record.mixture_id]):
+        have, now = truth_model_id(record), models[record.mixture_id]
+        if have.same(now):
             continue
+        why = ""
+        if have.same_place(now):
+            why = ("; its weight files changed since: re-trained, or copied anew" if now.repo == LOCAL else
+                   f"; a new commit: to keep scoring the journal's, pin it in the recipe: model: {have.detail}")
         raise ConfigError(
             f"{where} holds truth scores of {record.mixture_id} from {have.shown}, the recipe trains it as "
-            f"{wanted[record.mixture_id].shown}: pass a new --out (or output_dir), or move the old journal away"
+            f"{now.shown}{why}: pass a new --out (or output_dir), or move the old journal away"
         )
 
 

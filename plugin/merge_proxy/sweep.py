@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from merge_proxy.resume import ModelId, check_models, check_settings, check_trut
 if TYPE_CHECKING:  # lmms-eval is imported only where a sweep runs
     from lmms_eval.api.model import lmms
 
+    from merge_proxy.experts import ResolvedModel
     from merge_proxy.lmms_model import MergeProxy
 
 logger = logging.getLogger(__name__)
@@ -227,9 +228,9 @@ class Evaluator:
             self._proxy.remerge(mixture)
         return self._proxy
 
-    def truth_model(self, source: str) -> tuple[lmms, str]:
-        """A checkpoint trained on a mixture: a LoRA adapter is merged at weight 1 (exactly PEFT's
-        merge), a full checkpoint is loaded by the backend as is."""
+    def truth_model(self, source: str) -> tuple[lmms, ResolvedModel]:
+        """A checkpoint trained on a mixture (and where it was found): a LoRA adapter is merged at
+        weight 1 (exactly PEFT's merge), a full checkpoint is loaded by the backend as is."""
         from merge_proxy.chat_template import apply_chat_template
         from merge_proxy.experts import ExpertSpec, resolve
         from merge_proxy.lmms_model import MergeProxy, default_backend, load_backend, proxy_class
@@ -237,7 +238,7 @@ class Evaluator:
         resolved = resolve(ExpertSpec.parse(source), for_base=True)  # a full one is loaded: tokenizer too
         if resolved.kind == "lora":
             return proxy_class(self.backend)(pretrained=self.recipe.base, experts=f"truth={source}", weights="truth=1",
-                              **self._model_args()), resolved.pinned_source
+                              **self._model_args()), resolved
         backend = self.recipe.backend or default_backend(resolved)
         template = self._template  # before the load: a wrong source fails in seconds
         model = load_backend(backend, str(resolved.path), self.recipe.backend_args,
@@ -247,7 +248,7 @@ class Evaluator:
         # evaluate() ends with lm.clean(), which deletes the loaded module; keep it for the next
         # benchmark, as MergeProxy.clean does.
         model.clean = gc.collect
-        return model, resolved.pinned_source
+        return model, resolved
 
     @cached_property
     def _template(self):
@@ -296,8 +297,9 @@ def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str],
-              chat_template: str | None = None) -> int:
-    """Score the items in this process, appending each result as soon as it exists."""
+              chat_template: str | None = None, records: Sequence[JournalRecord] = ()) -> int:
+    """Score the items in this process, appending each result as soon as it exists. ``records``: what
+    the journals held when the work was planned, checked against the models as they resolve now."""
     from importlib.metadata import version
 
     from tqdm.auto import tqdm
@@ -310,16 +312,19 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
     with tqdm(total=total, desc=f"sweep {recipe.name}", unit="score") as bar:
         for item in items:
             started = time.perf_counter()
+            pinned_model = fingerprint = None
             if item.model is None:
                 model = evaluator.proxy(item.mixture)
-                pinned_model = None
             else:
-                model, pinned_model = evaluator.truth_model(item.model)
+                model, resolved = evaluator.truth_model(item.model)
+                pinned_model, fingerprint = resolved.pinned_source, resolved.fingerprint
+                # a mixture partly scored: the commit or files now loaded against those it was scored on
+                check_truth_models(records, {item.mixture.key(): ModelId.from_resolved(resolved)}, recipe.output_dir)
             merge_s = time.perf_counter() - started
             base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
             if not checked:  # the commits now merged against those the journal's scores came from
                 if item.model is None:
-                    check_models(all_records(recipe.output_dir), ModelId.from_record(base),
+                    check_models(records, ModelId.from_record(base),
                                  {e["name"]: ModelId.from_record(e) for e in experts}, recipe.output_dir)
                 keep_recipe(recipe)
                 checked = True
@@ -329,7 +334,8 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
                 journal.append(JournalRecord(
                     mode=recipe.mode, mixture_id=item.mixture.key(), weights=item.mixture.as_dict(),
                     benchmark=benchmark.task, score=score, metrics=metrics, base=base, experts=experts,
-                    model=pinned_model, lmms_eval_version=lmms_version,
+                    model=pinned_model, model_fingerprint=fingerprint if fingerprint != pinned_model else None,
+                    lmms_eval_version=lmms_version,
                     timings={"merge_s": round(merge_s, 4), "eval_s": round(time.perf_counter() - t0, 4)},
                     settings=settings(recipe, benchmark),
                 ))
@@ -378,14 +384,15 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
     sources = sources or expert_sources(recipe)
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"{shard}.jsonl")
-    done = scored(all_records(out), recipe.mode)
+    records = all_records(out)
     wanted = set(mixture_keys)
     items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
-    return run_items(recipe, pending(items, done), shard_journal, sources, chat_template)
+    return run_items(recipe, pending(items, scored(records, recipe.mode)), shard_journal, sources, chat_template,
+                     records)
 
 
 def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int,
-            sources: dict[str, str]) -> None:
+            sources: dict[str, str], records: Sequence[JournalRecord] = ()) -> None:
     try:  # before the sources are pinned
         import submitit  # noqa: F401
     except ImportError:
@@ -395,7 +402,7 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
     pinned = {name: pin_source(source) for name, source in sources.items()}
     base = pin_source(recipe.base)
     if recipe.mode == "proxy":  # a re-published expert (a new commit) is refused before any job is queued
-        check_models(all_records(out), ModelId.from_source(base),
+        check_models(records, ModelId.from_source(base),
                      {n: ModelId.from_source(p) for n, p in pinned.items()}, out)
     template = pin_source(recipe.chat_template_from) if recipe.chat_template_from else None
     logger.info("shards merge base %s and experts %s%s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()),
@@ -435,13 +442,15 @@ class SweepPlan:
     items: list[WorkItem]
     done: int
     total: int
+    records: list[JournalRecord] = field(default_factory=list)
+    """The journals' records when planned (shards included): what the run checks its models against."""
 
 
 def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPlan:
     recipe = load_recipe(recipe_path, output_dir=out_dir)
     sources = expert_sources(recipe)
     items = candidate_items(recipe, list(sources))
-    done: set[tuple[str, str]] = set()
+    records: list[JournalRecord] = []
     if (recipe.output_dir / JOURNAL_FILE).is_dir():
         raise ConfigError(f"{recipe.output_dir / JOURNAL_FILE} is a directory, where the sweep appends its journal; "
                           "move it away or pass another --out")
@@ -451,11 +460,11 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
         if recipe.mode == "proxy":
             check_models(records, ModelId.from_source(recipe.base),
                          {n: ModelId.from_source(s) for n, s in sources.items()}, recipe.output_dir)
-        check_truth_models(records, {i.mixture.key(): i.model for i in items if i.model}, recipe.output_dir)
-        done = scored(records, recipe.mode)
-    todo = pending(items, done)
+        check_truth_models(records, {i.mixture.key(): ModelId.from_source(i.model) for i in items if i.model},
+                           recipe.output_dir)
+    todo = pending(items, scored(records, recipe.mode))
     total = sum(len(i.benchmarks) for i in items)
-    return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total)
+    return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total, records)
 
 
 def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, executor: str | None = None,
@@ -476,7 +485,7 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
             logger.warning("executor local scores in this process, one mixture after another: %d shards ignored; "
                            "--executor submitit-local runs them as processes, one per GPU",
                            shards or p.recipe.executor.shards)
-        run_items(p.recipe, p.items, journal, p.sources)
+        run_items(p.recipe, p.items, journal, p.sources, records=p.records)
     else:
-        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, p.sources)
+        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, p.sources, p.records)
     return journal
