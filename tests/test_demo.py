@@ -34,6 +34,30 @@ def test_demo_runs_end_to_end_and_recommends_a_mixture(tmp_path):
     assert any(r["score"] > 0 for r in proxy)  # the experts learned something: scores are not all zero
     assert {r["experts"][0]["pinned"].split("@")[0] for r in proxy} == {"tester/tiny-qwen2-vl-color-expert"}
     assert "datasets/tester/tiny-mixture-search/commit/" in proc.stdout
+    # The printed command serves the stopped emulator's repositories again, at the printed address.
+    url = re.search(r"result card:\s+(\S+)", proc.stdout).group(1)
+    serve = re.search(r"`python -m (merge_proxy\.testing hub --data \S+ --port \d+)` serves it again", proc.stdout)
+    server = subprocess.Popen([sys.executable, "-m", *serve.group(1).split()], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        import time
+        from urllib.parse import urlsplit
+
+        endpoint = url.split("/datasets/")[0]
+        for _ in range(150):  # refused until it listens
+            try:
+                socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        from huggingface_hub import HfApi
+
+        info = HfApi(endpoint=endpoint, token="hf_test_tester_token").dataset_info("tester/tiny-mixture-search")
+        assert info.sha == url.rsplit("/", 1)[1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     # Rerunning into the same directory replaces the earlier demo; a foreign directory is refused.
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -111,8 +111,13 @@ BAD_ARGUMENTS = [
     ("pretrained={base},experts=a={a},weights=a=1,keep_base_on=gpu", "keep_base_on='gpu': use cpu, cuda or cuda:N"),
     # commas where lmms-eval needs ';': the stray halves went to the backend, and the message says so
     ("pretrained={base},experts=a={a};b={b},weights=a=0.5,b=0.5",
-     "lmms-eval splits model_args on commas: separate experts and weights with ';', e.g. weights=a=0.5;b=0.5; "
-     "these went to the backend as arguments: b=0.5"),
+     "lmms-eval splits model_args on commas: separate experts and weights with ';', e.g. "
+     "experts=a=SRC;b=SRC,weights=a=0.5;b=0.5; these went to the backend as arguments: b=0.5"),
+    ("pretrained={base},experts=a={a},b={b},weights=a=0.3,b=0.7",
+     "linear merge weights must sum to 1, these sum to 0.3; rescale them, or use method task_arithmetic with a "
+     "scale (lmms-eval splits model_args on commas: separate "
+     "experts and weights with ';', e.g. experts=a=SRC;b=SRC,weights=a=0.5;b=0.5; these went to the backend as "
+     "arguments: b=0.7)"),
 ]
 
 

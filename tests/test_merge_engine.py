@@ -287,6 +287,16 @@ def test_cli_names_a_duplicate_expert_name_not_the_weights(tmp_path, tiny_vlm, l
     assert proc.returncode == 2 and "two experts are named 'a'; give each expert a different NAME" in proc.stderr
 
 
+def test_cli_says_how_an_unnamed_expert_was_named(tmp_path, tiny_vlm, lora_experts):
+    proc = merge_cli("--base", str(tiny_vlm.path), "--expert", str(lora_experts["a"]), "--expert",
+                     f"b={lora_experts['b']}", "--weights", "a=0.3,b=0.7", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"weights name unknown expert(s) 'a'; the experts are: expert0, b ({lora_experts['a']} is named expert0, "
+        "by its expert.json's domain or its position: name experts with --expert NAME=SRC)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_dora_and_modules_to_save(tmp_path, tiny_vlm):
     dora = make_lora_expert(tiny_vlm.path, tmp_path / "dora", seed=4, use_dora=True)
     with pytest.raises(MergeProxyError, match=r"expert 'dora'.*DoRA.*retrain it as plain LoRA"):

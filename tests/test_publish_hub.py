@@ -153,3 +153,14 @@ def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tm
     published = json.loads(Path(hub_api.hf_hub_download("tester/unpinned", "expert.json",
                                                         cache_dir=tmp_path / "c")).read_text())
     assert published["base_model"]["revision"] is None
+
+
+def test_the_card_says_when_no_step_loss_was_logged():
+    """logging_steps above the steps run: no step loss, but the trainer's mean loss is known."""
+    from merge_proxy.provenance import PublishSpec
+    from merge_proxy.publish import render_card
+
+    expert = {"schema_version": 1, "artifact": "adapter", "datasets": [], "lora": {"r": 8},
+              "training": {"global_steps": 4, "final_loss": None, "train_loss": 7.29412}}
+    card = render_card(PublishSpec(domain="color", repo_id="tester/x"), expert, "org/base", "tester/x")
+    assert "final loss not logged (mean over the run 7.294) |" in card

@@ -210,7 +210,7 @@ def test_empty_or_absent_journal_errors(tmp_path):
     truth_only = Journal(tmp_path / "truth_only.jsonl")
     mix = Mixture.from_mapping({"a": 0.5, "b": 0.5})
     truth_only.append(JournalRecord("truth", mix.key(), mix.as_dict(), "x", 0.5))
-    with pytest.raises(ConfigError, match="no proxy scores"):
+    with pytest.raises(ConfigError, match="holds truth scores only"):
         write_report(truth_only.path, None, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

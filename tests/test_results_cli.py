@@ -241,3 +241,13 @@ def test_weights_option_rejects_what_the_mixture_parser_rejects(tmp_path, text, 
     with pytest.raises(ConfigError) as err:
         benchmark_weights(locate(sweep_dir(tmp_path, "proxy")), text)
     assert message in str(err.value)
+
+
+def test_journals_given_the_other_way_round_say_which_goes_where(tmp_path):
+    proxy, truth = sweep_dir(tmp_path, "proxy"), sweep_dir(tmp_path, "truth", every=2)
+    swapped = subprocess.run([str(SCRIPTS / "merge-proxy"), "report", str(truth), "--truth", str(proxy)],
+                             capture_output=True, text=True, timeout=300)
+    assert swapped.returncode == 2
+    assert swapped.stderr.strip().endswith("the proxy journal holds truth scores only (a sweep of mode truth): pass "
+                                           "it with --truth, after the proxy sweep's directory")
+    assert not (truth / "report").exists()

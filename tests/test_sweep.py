@@ -340,6 +340,32 @@ def test_dry_run_checks_task_and_metric_names(tmp_path, tiny_vlm, domains, lora_
     assert proc.returncode == 2 and f"benchmark {color} has no metric 'count_acc_softer'; its metrics: exact_match" \
         in proc.stderr
     assert not (tmp_path / "bad").exists()
+    typo = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, backend="qwen2vl")
+    proc = sweep(typo, tmp_path / "bad", "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        f"{typo}: backend 'qwen2vl' is not an lmms-eval model; did you mean qwen2_vl or qwen_vl or qwen2_5_vl? "
+        "`lmms-eval models` lists them")
+
+
+def test_every_model_is_located_before_the_first_score_and_by_a_dry_run(tmp_path, tiny_vlm, domains, lora_experts):
+    """A typo in the last truth model fails in seconds naming its role and the recipe, in a dry run
+    and in a real run (before any score: nothing is written); a node without network still plans."""
+    truth = [{"weights": {"a": 1.0, "b": 0.0}, "model": str(lora_experts["a"])},
+             {"weights": {"a": 0.5, "b": 0.5}, "model": str(tmp_path / "saves" / "mixed-a5b5")}]
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, mode="truth", truth=truth)
+    for extra in (("--dry-run",), ()):
+        proc = sweep(recipe, tmp_path / "out", *extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{recipe}: truth model of a=0.5,b=0.5: '{tmp_path}/saves/mixed-a5b5' is neither an existing directory " \
+            "nor a Hub repo id" in proc.stderr.splitlines()[-1]
+        assert not (tmp_path / "out").exists()
+
+    hub_experts = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, experts={"a": "org/a", "b": "org/b@v2"})
+    offline = sweep(hub_experts, tmp_path / "offline", "--dry-run", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    assert "models: 1 of 3 found; not checked (the Hub is unreachable): expert a, expert b" in offline.stdout
+    ok = sweep(write_recipe(tmp_path, tiny_vlm, domains, lora_experts), tmp_path / "ok", "--dry-run")
+    assert "models: 3 found, holding the files a run loads" in ok.stdout
 
 
 def _journal_of(out: Path, base: str, experts: dict[str, str], fingerprints: dict[str, str] | None = None,
@@ -596,7 +622,8 @@ def test_truth_mode_scores_trained_models_into_the_same_schema(tmp_path, tiny_vl
 def test_a_truth_model_re_published_mid_mixture_is_refused_before_scoring(tmp_path, hub_emulator, hub_api, tiny_vlm,
                                                                           domains, lora_experts):
     """A mixture half scored on a Hub truth model whose main has moved since: refused once the run
-    resolves the commit (the recipe's text cannot tell), naming the pin that resumes; nothing appended."""
+    pins the commit (the recipe's text cannot tell), before any model loads, naming the pin that
+    resumes; nothing appended."""
     hub_api.create_repo("tester/mixed")
     first = hub_api.upload_folder(repo_id="tester/mixed", folder_path=lora_experts["c"],
                                   ignore_patterns=["README.md"]).oid
@@ -811,3 +838,20 @@ def test_sweep_post_processes_documents_as_the_lmms_eval_command_line(tmp_path, 
     assert evaluator.score(Says(), Benchmark(domains.tasks["color"]))[0] == answers.count("red") / len(answers)
     # side files of tasks (ocrbench's breakdown) go under the sweep's directory, not the working directory
     assert evaluator._cli_args.output_path == str(tmp_path / "out" / "lmms_eval")
+
+
+
+def test_a_failed_shard_is_reported_by_its_own_error_not_its_log_paths(tmp_path):
+    """submitit's error ends with the log paths; the submitter's one line names the job's own error,
+    and asks for a fix before a rerun when the error is one of ours (a rerun alone fails the same)."""
+    from merge_proxy import executors
+    from merge_proxy.experts import check_source
+
+    executor = executors.local_executor(tmp_path, 5)
+    jobs = [executor.submit(check_source, "/saves/x", "truth model of a=0.5,b=0.5", for_base=True),
+            executor.submit(int, "x")]
+    ours, crash = executors.wait(jobs)
+    assert str(ours) == (f"job {jobs[0].job_id}: truth model of a=0.5,b=0.5: '/saves/x' is neither an existing "
+                         "directory nor a Hub repo id (ORG/NAME[@REV])") and ours.needs_fix
+    assert str(crash) == f"job {jobs[1].job_id}: ValueError: invalid literal for int() with base 10: 'x'"
+    assert not crash.needs_fix

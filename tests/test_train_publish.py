@@ -87,6 +87,10 @@ def test_train_publishes_one_commit_with_card_and_provenance(tmp_path, tiny_vlm,
     assert document["datasets"][0]["rows"] == rows
     assert document["lora"]["r"] == 8 and len(document["lora"]["target_modules"]) == 14
     assert document["training"]["global_steps"] == 3 and document["seed"] == 7
+    trainer = json.loads((out / "train_results.json").read_text())  # what LLaMA-Factory saved of the run
+    assert document["training"]["train_loss"] == trainer["train_loss"]
+    assert f"final loss {document['training']['final_loss']} (mean over the run {trainer['train_loss']:.4g})" \
+        in card.content
     assert document["versions"]["llamafactory"] == "0.9.5"
     assert hub.token not in json.dumps(document)
 
@@ -100,11 +104,20 @@ def test_train_publishes_one_commit_with_card_and_provenance(tmp_path, tiny_vlm,
     table = cli("experts", env=env)
     assert "tester/color-expert" in table.stdout and "color" in table.stdout
     nothing = cli("experts", "--domain", "ocr", env=env)
-    assert nothing.stdout.strip() == "no experts found"
+    assert nothing.stdout.strip() == ("no experts found for --domain ocr; check the ids (merge-proxy experts alone "
+                                      "lists every expert you can see)")
+    # a recipe's query for a domain nobody published names the domains there are
+    recipe = tmp_path / "query.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "q", "base": BASE_ID, "experts": {"query": {
+        "base": BASE_ID, "domains": ["color", "colr"]}}, "mixtures": [{"grid": {"step": 0.5}}], "benchmarks": ["t"]}))
+    typo = cli("sweep", str(recipe), "--dry-run", env=env)
+    assert typo.returncode == 2
+    assert typo.stderr.strip().splitlines()[-1].endswith(
+        f"{recipe}: experts query found no expert for domain 'colr'; the experts it finds cover color")
 
 
 def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, domains):
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, hf_hub_download
 
     data = tmp_path / "hub-data"
     with HubEmulator(data) as hub:
@@ -132,7 +145,17 @@ def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, dom
         assert info.private is False  # the YAML said private: false
         assert {"merge-proxy-domain:color", "paper-reproduction"} <= set(info.tags)
         assert "expert.json" not in api.list_repo_files("tester/color-expert")  # main untouched
-    assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
+        assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
+        # a domain relabelled at publication: the same provenance under the new name, here and there
+        old_doc = json.loads((out / "expert.json").read_text())
+        relabel = cli("publish", str(out), "--repo", "tester/colour-expert", "--domain", "colour",
+                      env=hub.client_env(hf_home=tmp_path / "h"))
+        assert relabel.returncode == 0, relabel.stderr
+        local = json.loads((out / "expert.json").read_text())
+        assert local == {**old_doc, "domain": "colour"}
+        published = hf_hub_download("tester/colour-expert", "expert.json", endpoint=hub.endpoint, token=hub.token,
+                                    cache_dir=tmp_path / "c")
+        assert json.loads(Path(published).read_text()) == local
 
 
 def test_publish_an_expert_trained_without_merge_proxy(tmp_path, tiny_vlm, domains, hub):
@@ -196,6 +219,8 @@ def test_torchrun_two_cpu_processes_make_exactly_one_commit(tmp_path, tiny_vlm, 
         ({"domain": "color", "repo_id": "not a repo"}, "is not a Hub repo id"),
         ({"domain": "color", "repo_id": "tester/x"}, "is a local path; add base_model:"),
         ({"domain": "color", "push": False, "artifact": "full"}, "artifact: full contradicts finetuning_type: lora"),
+        ({"domain": "color", "repo_id": "tester/x", "push": "no"}, "expert: push must be true or false, not 'no'"),
+        ({"domain": "color", "push": False, "private": "off"}, "expert: private must be true or false, not 'off'"),
     ],
 )
 def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert, message):
@@ -293,3 +318,12 @@ def test_torchrun_is_launched_as_llamafactory_launches_it(tmp_path, monkeypatch)
     monkeypatch.setenv("OPTIM_TORCH", "0")
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     assert "PYTORCH_CUDA_ALLOC_CONF" not in _torchrun_env()
+
+
+def test_quoted_true_and_false_in_the_expert_block_mean_what_they_say():
+    """``push: "false"`` is a string, and bool("false") is True: it must not publish."""
+    from merge_proxy.provenance import PublishSpec
+
+    spec = PublishSpec.from_block({"domain": "color", "push": "false", "private": "False"})
+    assert spec.push is False and spec.private is False
+    assert PublishSpec.from_block({"domain": "color", "repo_id": "tester/x", "push": "true"}).push is True

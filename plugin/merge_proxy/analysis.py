@@ -432,6 +432,9 @@ def analyze(
     proxy_records = list(proxy_records)
     proxy = Scores.from_records(proxy_records, "proxy")
     if not proxy.scores:
+        if any(r.mode == "truth" for r in proxy_records):
+            raise ConfigError("the proxy journal holds truth scores only (a sweep of mode truth): pass it with "
+                              "--truth, after the proxy sweep's directory")
         raise ConfigError(
             "the proxy journal has no proxy scores; run the sweep first (or point at its journal.jsonl)"
         )
@@ -566,8 +569,9 @@ def _compare_truth(
 ) -> tuple[TruthComparison, dict[str, float], dict[str, dict[str, float]]]:
     if not truth.scores:
         raise ConfigError(
-            "the truth journal has no truth scores; evaluate the trained models first (records of mode "
-            "'truth'), or leave the truth journal out"
+            "the truth journal has no truth scores (is it the proxy sweep's? pass that one first, the truth "
+            "sweep's with --truth); evaluate the trained models first (records of mode 'truth'), or leave the "
+            "truth journal out"
         )
     common = [m for m in proxy.mixture_ids if m in truth.scores]
     only_proxy = tuple(m for m in proxy.mixture_ids if m not in truth.scores)

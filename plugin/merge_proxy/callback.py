@@ -55,6 +55,7 @@ class ExpertPublisher(TrainerCallback):
         self._started: float | None = None
         self._finished = False
         self._last_loss: float | None = None
+        self._train_loss: float | None = None
         self._train_samples: int | None = None
 
     # ------------------------------------------------------------------ trainer events
@@ -66,6 +67,8 @@ class ExpertPublisher(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._last_loss = float(logs["loss"])
+        if logs and "train_loss" in logs:  # the trainer's last log: the run's mean loss
+            self._train_loss = float(logs["train_loss"])
 
     def on_train_end(self, args, state, control, **kwargs):
         self._is_main = bool(state.is_world_process_zero)
@@ -76,6 +79,7 @@ class ExpertPublisher(TrainerCallback):
             global_steps=int(state.global_step),
             epochs=float(state.epoch) if state.epoch is not None else None,
             final_loss=self._last_loss,
+            train_loss=self._train_loss,
             train_runtime_s=round(time.monotonic() - self._started, 3) if self._started else None,
             global_batch_size=int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world,
             train_samples=self._train_samples,

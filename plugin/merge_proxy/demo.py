@@ -90,6 +90,12 @@ def _cli(args: argparse.Namespace) -> int:
         "experts on the Hub:   " + ", ".join(f"{d}={r}" for d, r in sorted(result.experts.items())),
         f"result card:          {result.results_url}",
     ]))
+    if not args.endpoint:  # the emulator stopped with the demo; its repositories stay on disk
+        from urllib.parse import urlsplit
+
+        print(f"                      (the built-in Hub emulator stopped with the demo; `python -m "
+              f"merge_proxy.testing hub --data {result.out_dir / 'hub'} --port {urlsplit(result.results_url).port}` "
+              "serves it again)")
     return 0
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +129,45 @@ def submit_local(executor: Any, fn: Callable[..., Any], args: tuple[list, ...], 
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def wait(jobs: Sequence[Any]) -> list[str]:
-    """Wait for every job; one line per failed job (its error's last line), for one error at the end."""
+@dataclass(frozen=True)
+class ShardFailure:
+    """A shard job that failed: its own exception line (not submitit's log paths) and whether the
+    cause is one a user must fix first (one of our errors: a rerun alone would fail the same way)."""
+
+    job_id: str
+    cause: str
+    needs_fix: bool
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}: {self.cause}"
+
+
+#: A traceback's last line: ``module.ExceptionType: message`` (or the bare type).
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?::\s*(?P<msg>.*))?$")
+
+
+def failure_of(job_id: str, err: BaseException) -> ShardFailure:
+    """submitit's FailedJobError holds the job's traceback between dashes, then log paths: keep the
+    traceback's exception line, our errors' message alone (they are written to be read that way)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [m for m in map(_EXCEPTION_LINE.match, lines) if m]
+    if not found:
+        return ShardFailure(job_id, lines[-1] if lines else type(err).__name__, False)
+    last = found[-1]
+    ours = last["type"].startswith("merge_proxy.")
+    cause = last["msg"] if ours and last["msg"] else last["type"].rsplit(".", 1)[-1] + (
+        f": {last['msg']}" if last["msg"] else "")
+    return ShardFailure(job_id, cause, ours)
+
+
+def wait(jobs: Sequence[Any]) -> list[ShardFailure]:
+    """Wait for every job; what each failed one raised, for one error at the end."""
     failures = []
     for job in jobs:
         try:
             job.result()
         except Exception as err:  # noqa: BLE001 - report every failed shard, then fail once
-            failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+            failures.append(failure_of(str(job.job_id), err))
     return failures
 
 

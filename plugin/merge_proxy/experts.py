@@ -147,7 +147,7 @@ def _hub_files(
     try:
         return repo_files(repo_id, revision, hub)
     except HubError as err:
-        raise HubError(
+        raise type(err)(
             f"{label}no directory {str(Path(source).expanduser())!r} in {Path.cwd()}, and as a Hub source: {err}"
         ) from None
 
@@ -219,9 +219,10 @@ class _Located:
     sha: str | None = None
 
 
-def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOptions) -> _Located:
+def _locate(spec: ExpertSpec, *, allow_pickle: bool, for_base: bool, hub: HubOptions,
+            label: str | None = None) -> _Located:
     """Find one model and check what it holds, reading only a directory listing or the Hub's file list."""
-    label = f"{'base model' if for_base else 'expert'} {spec.name or spec.source!r}"
+    label = label or f"{'base model' if for_base else 'expert'} {spec.name or spec.source!r}"
     local = Path(spec.source).expanduser()
     if local.is_dir():
         if spec.revision:
@@ -323,6 +324,20 @@ def pin_source(source: str, hub: HubOptions | None = None) -> str:
     repo_id, _ = _split_subfolder(spec.source)
     sha, _ = _hub_files(spec.source, repo_id, spec.revision, hub or HubOptions())
     return f"{spec.source}@{sha}"
+
+
+def check_source(source: str, label: str, *, for_base: bool = False, allow_pickle: bool = False,
+                 hub: HubOptions | None = None) -> str:
+    """Locate one model and check what it holds (kind, weights) from a directory listing or the Hub's
+    file list, nothing downloaded; return its source pinned (``repo[/SUB]@sha``; a local one as given).
+
+    A sweep checks every model it will load this way before its first score: a typo in the last of
+    24 truth models fails in seconds, not hours into a SLURM array. ``label`` names the model's role
+    in errors (``truth model of a=0.5,b=0.5``).
+    """
+    located = _locate(ExpertSpec.parse(source), allow_pickle=allow_pickle, for_base=for_base,
+                      hub=hub or HubOptions(), label=label)
+    return f"{located.spec.source}@{located.sha}" if located.sha else source
 
 
 def resolve_merge_inputs(

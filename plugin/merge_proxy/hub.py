@@ -28,6 +28,11 @@ class HubError(MergeProxyError):
     """A Hub request failed for a reason the user can fix (id, revision, token, network)."""
 
 
+class HubUnreachableError(HubError):
+    """The Hub could not be reached at all (offline, DNS, proxy): nothing is known of the repo, so a dry
+    run says what it could not check instead of failing."""
+
+
 @dataclass(frozen=True)
 class HubOptions:
     """Where and as whom to reach the Hub. None means huggingface_hub's own defaults (HF_ENDPOINT,
@@ -87,7 +92,7 @@ def explain_error(err: Exception, repo_id: str, revision: str | None, options: H
     if isinstance(err, RevisionNotFoundError):
         return HubError(f"revision {revision!r} of {repo_id} not found: use a branch, tag or commit sha it has")
     if isinstance(err, LocalEntryNotFoundError):  # before EntryNotFoundError, its base class
-        return HubError(
+        return HubUnreachableError(
             f"cannot reach {where} to fetch {repo_id} and it is not in the local cache: check the network "
             "or HF_ENDPOINT, or unset HF_HUB_OFFLINE"
         )
@@ -107,7 +112,8 @@ def explain_error(err: Exception, repo_id: str, revision: str | None, options: H
         }.get(code)
         return HubError(f"{where} refused a request for {repo_id}: {said}" + (f"; {fix}" if fix else ""))
     if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith(("httpx", "httpcore")):
-        return HubError(f"cannot reach {where} for {repo_id} ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
+        return HubUnreachableError(
+            f"cannot reach {where} for {repo_id} ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
     return HubError(f"fetching {repo_id} from {where} failed: {err}")
 
 

@@ -129,12 +129,12 @@ class MergeProxy(lmms):
                 make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
             except ConfigError as err:
                 # lmms-eval split "weights=a=0.5,b=0.5" at the comma: "b=0.5" arrived as a backend argument
-                stray = [k for k in backend_kwargs if f"'{k}'" in str(err)]
+                stray = [k for k in backend_kwargs if f"'{k}'" in str(err)] or _cut_at_commas(kwargs)
                 if not stray:
                     raise
                 raise ConfigError(
                     f"{err} (lmms-eval splits model_args on commas: separate experts and weights with ';', "
-                    f"e.g. weights=a=0.5;b=0.5; these went to the backend as arguments: "
+                    f"e.g. experts=a=SRC;b=SRC,weights=a=0.5;b=0.5; these went to the backend as arguments: "
                     f"{', '.join(f'{k}={backend_kwargs[k]}' for k in stray)})"
                 ) from None
         self.backend_kwargs = dict(backend_kwargs)
@@ -292,16 +292,52 @@ def default_backend(model: ResolvedModel) -> str:
     return DEFAULT_BACKENDS[arch]
 
 
+def _cut_at_commas(kwargs: Mapping[str, Any]) -> list[str]:
+    """Keys lmms-eval made of what followed a comma inside ``experts=`` or ``weights=`` (it splits
+    model_args at every comma): a source or a number right after them, in the order given."""
+    stray: list[str] = []
+    after = None
+    for key, value in kwargs.items():
+        if key in ("experts", "weights"):
+            after = key
+        elif key in OWN_ARGS:
+            after = None
+        elif after and ("/" in str(value) or _is_number(value)):  # a key given twice keeps its first place
+            stray.append(key)
+        else:
+            after = None
+    return stray
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def backend_manifest(name: str) -> Any:
+    """lmms-eval's manifest of backend ``name``; an unknown name is refused with the closest ones."""
+    import difflib
+
+    from lmms_eval import models
+
+    try:
+        return models.get_model_manifest(name)
+    except ValueError:
+        close = difflib.get_close_matches(name, models.list_available_models(include_aliases=True), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(f"backend {name!r} is not an lmms-eval model; {hint}`lmms-eval models` lists them") from None
+
+
 def load_backend(name: str, pretrained: str, kwargs: Mapping[str, Any], *, want_simple: bool) -> lmms:
     """lmms-eval's wrapper ``name`` loading ``pretrained``: the simple implementation when ``want_simple``
     (or when there is no chat one), else the chat one; arguments it refuses are named. One place for the
     proxy's backend and a sweep's full truth checkpoints, so both are evaluated alike."""
     from lmms_eval import models
 
-    try:
-        manifest = models.get_model_manifest(name)
-    except ValueError:
-        raise ConfigError(f"backend {name!r} is not an lmms-eval model; see `lmms-eval --help` for names") from None
+    manifest = backend_manifest(name)
     if want_simple and manifest.simple_class_path is None:
         raise ConfigError(f"backend {name!r} has no simple implementation; drop --force_simple")
     cls = models.get_model(name, force_simple=want_simple or manifest.chat_class_path is None)

@@ -191,7 +191,8 @@ def plot_domain_weights(analysis: Analysis, out_dir: str | Path) -> Path:
     ncols = min(4, len(analysis.domains))
     nrows = math.ceil(len(analysis.domains) / ncols)
     fig = _figure(3.2 * ncols, 2.8 * nrows)
-    best = [m for m in rows if m.mixture_id in set(analysis.best["aggregate"])]
+    recommended = set(analysis.best["aggregate"])
+    best = [m for m in rows if m.mixture_id in recommended]
     label = "recommended" if len(best) == 1 else f"recommended (tie of {len(best)})"
     ax0 = None
     for i, domain in enumerate(analysis.domains):

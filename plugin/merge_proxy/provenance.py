@@ -49,7 +49,7 @@ class PublishSpec:
             raise ConfigError(f"{where} unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
         if not block.get("domain"):
             raise ConfigError(f"{where} needs domain: (the data domain this expert covers, e.g. ocr)")
-        push = bool(block.get("push", True))
+        push = _flag(block, "push", True, where)
         repo_id = block.get("repo_id")
         if push and not repo_id:
             raise ConfigError(f"{where} needs repo_id: (ORG/NAME on the Hub), or push: false")
@@ -65,10 +65,21 @@ class PublishSpec:
         if base_model and not looks_like_repo_id(str(base_model)):
             raise ConfigError(f"{where} base_model must be a Hub id (ORG/NAME), not {base_model!r}")
         return cls(
-            domain=check_name(str(block["domain"]), "domain"), repo_id=repo_id, private=bool(block.get("private", True)),
+            domain=check_name(str(block["domain"]), "domain"), repo_id=repo_id, private=_flag(block, "private", True, where),
             revision=block.get("revision"), tags=tuple(str(t) for t in tags), base_model=base_model, push=push,
             artifact=artifact,
         )
+
+
+def _flag(block: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    """A yes/no key: YAML's booleans, or the words true/false quoted (``bool("false")`` is True: a
+    quoted ``push: "false"`` would publish)."""
+    value = block.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where} {key} must be true or false, not {value!r}")
 
 
 @dataclass
@@ -148,6 +159,9 @@ class TrainingSummary:
     global_steps: int | None = None
     epochs: float | None = None
     final_loss: float | None = None
+    """The last logged step loss: None when no step was logged (logging_steps above the steps run)."""
+    train_loss: float | None = None
+    """The trainer's mean loss over the run (its ``train_loss``), known even when no step was logged."""
     train_runtime_s: float | None = None
     global_batch_size: int | None = None
     train_samples: int | None = None
@@ -173,9 +187,10 @@ def summary_from_output_dir(output_dir: Path) -> TrainingSummary:
     history = state.get("log_history", [])
     losses = [row["loss"] for row in history if "loss" in row]
     runtime = next((row.get("train_runtime") for row in reversed(history) if "train_runtime" in row), None)
+    mean = next((row.get("train_loss") for row in reversed(history) if "train_loss" in row), None)
     return TrainingSummary(
         global_steps=state.get("global_step"), epochs=state.get("epoch"),
-        final_loss=losses[-1] if losses else None, train_runtime_s=runtime,
+        final_loss=losses[-1] if losses else None, train_loss=mean, train_runtime_s=runtime,
     )
 
 

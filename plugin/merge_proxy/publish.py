@@ -102,7 +102,7 @@ def render_card(spec: PublishSpec, expert: dict[str, Any], base_model_id: str, r
         "training": {
             "steps": training.get("global_steps"), "global_batch_size": training.get("global_batch_size"),
             "learning_rate": expert.get("learning_rate"), "lr_scheduler": expert.get("lr_scheduler_type"),
-            "final_loss": training.get("final_loss"),
+            "final_loss": training.get("final_loss"), "train_loss": training.get("train_loss"),
         },
     }
     card = ModelCard.from_template(data, template_str=card_template("expert"), **context)

@@ -103,7 +103,7 @@ Left out of the aggregate ranking (a weighted benchmark has no score; rerun the 
 {%- if truth %}
 ## Proxy vs truth
 
-{{ truth.n_matched }} mixture(s) scored by both. Intervals: {{ (truth.confidence * 100) | round | int }}% \
+{{ truth.n_matched }} mixture(s) scored by both{% if truth.same_model %}, {{ truth.n_matched - truth.same_model | length }} compared{% endif %}. Intervals: {{ (truth.confidence * 100) | round | int }}% \
 percentile bootstrap over mixtures ({{ truth.n_boot }} resamples, seed {{ truth.seed }}).
 {%- if truth_partial %} **Different benchmark sets:** {{ truth_partial }}.{% endif %}
 {% if truth.same_model %}

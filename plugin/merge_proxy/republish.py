@@ -69,9 +69,9 @@ def publish_directory(
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
              "tags": list(tags), "base_model": base_model}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
-    reused = existing is not None and existing.get("domain") == domain
-    if reused:
-        expert = existing
+    reused = existing is not None
+    if reused:  # its provenance (samples seen, global batch) only the training run knew; relabelled
+        expert = existing if existing.get("domain") == domain else {**existing, "domain": domain}
         base_id = base_model
         if not base_id:
             raise ConfigError(f"{existing_path} names no Hub base model; pass --base-model ORG/NAME")
@@ -81,9 +81,9 @@ def publish_directory(
         base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
         expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
     publication = publish_expert(output_dir, spec, expert, base_id, hub, config=config)
-    # After a successful push the local expert.json says what the Hub's says (e.g. the base id given by
-    # --base-model), so later merges from the directory pass the same base check; a document built for
-    # another --domain stays remote.
+    # After a successful push the local expert.json says what the Hub's says (the base id given by
+    # --base-model, the domain given by --domain), so later merges from the directory pass the same
+    # base check and name the expert alike.
     if reused and publication.expert != existing:
         logger.info("updated %s to match the published expert.json", write_expert_json(output_dir, publication.expert))
     return publication

@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from merge_proxy.errors import ConfigError
 from merge_proxy.journal import JournalRecord
 from merge_proxy.recipe import Benchmark, Recipe
-
-if TYPE_CHECKING:
-    from merge_proxy.experts import ResolvedModel
 
 
 def settings(recipe: Recipe, benchmark: Benchmark) -> dict[str, Any]:
@@ -94,13 +91,6 @@ class ModelId:
         repo = _without_revision(source)
         pinned = source if "@" in source and len(source.rsplit("@", 1)[1]) == 40 else None
         return cls(repo, pinned, source)
-
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel) -> ModelId:
-        """From a model as :func:`merge_proxy.experts.resolve` found it (a Hub one at its commit)."""
-        if model.repo_id:
-            return cls.from_source(model.pinned_source)
-        return cls(LOCAL, model.fingerprint, str(model.path))
 
     @classmethod
     def from_record(cls, entry: Mapping[str, Any]) -> ModelId | None:

@@ -48,8 +48,6 @@ def find_experts(
 
 
 def format_table(rows: list[ExpertListing]) -> str:
-    if not rows:
-        return "no experts found"
     header = ("repo", "domain", "base", "kind", "rank", "samples", "sha")
     cells = [header] + [
         (r.repo, r.domain or "-", r.base or "-", r.kind or "-", str(r.rank or "-"), str(r.samples or "-"),

@@ -24,16 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merge_proxy import executors
-from merge_proxy.errors import ConfigError, MissingDependencyError
+from merge_proxy.errors import ConfigError, MergeProxyError, MissingDependencyError
 from merge_proxy.journal import (
     JOURNAL_FILE,
     SHARD_DIR,
     Journal,
     JournalRecord,
-    new_information,
     read_with_shards,
     scored,
-    shard_journals,
 )
 from merge_proxy.mixture import Mixture, make_mixture
 from merge_proxy.recipe import Benchmark, Recipe, expand_mixtures, load_recipe
@@ -68,6 +66,14 @@ def expert_sources(recipe: Recipe) -> dict[str, str]:
     sources: dict[str, str] = {}
     for domain in query["domains"]:
         found = find_experts(base=query.get("base"), domain=domain, author=query.get("author"))
+        if not found:
+            covered = sorted({f.domain for f in find_experts(base=query.get("base"), author=query.get("author"))
+                              if f.domain})
+            raise ConfigError(
+                f"{recipe.path}: experts query found no expert for domain {domain!r}; "
+                + (f"the experts it finds cover {', '.join(covered)}" if covered else
+                   "it finds no expert at all: check its base (the Hub id the experts were trained from) and author")
+            )
         if len(found) != 1:
             names = ", ".join(f.repo for f in found) or "none"
             raise ConfigError(
@@ -104,18 +110,15 @@ def gather(out_dir: Path) -> Journal:
     """Fold shard journals into the main journal (once per key, a finite score over a non-finite
     one), so every reader sees one file."""
     journal = Journal(out_dir / JOURNAL_FILE)
-    held = journal.records()
-    for shard in shard_journals(out_dir):
-        fresh = new_information(held, Journal(shard).records())
-        journal.append_many(fresh)
-        held += fresh
+    journal.append_many(read_with_shards(journal.path)[1])
     return journal
 
 
 def pending(items: Sequence[WorkItem], done: set[tuple[str, str]]) -> list[WorkItem]:
     out = []
     for item in items:
-        todo = tuple(b for b in item.benchmarks if (item.mixture.key(), b.task) not in done)
+        key = item.mixture.key()
+        todo = tuple(b for b in item.benchmarks if (key, b.task) not in done)
         if todo:
             out.append(WorkItem(item.mixture, todo, item.model))
     return out
@@ -180,6 +183,17 @@ def load_tasks(recipe: Recipe, tasks: Any = None):
     return tasks, metrics
 
 
+def check_backend(recipe: Recipe) -> None:
+    """The recipe's backend is one lmms-eval has (its default, the base architecture's, always is)."""
+    from merge_proxy.lmms_model import backend_manifest
+
+    if recipe.backend:
+        try:
+            backend_manifest(recipe.backend)
+        except ConfigError as err:
+            raise ConfigError(f"{recipe.path}: {err}") from None
+
+
 class Evaluator:
     """lmms-eval in this process, with one merged-proxy instance re-merged per mixture."""
 
@@ -193,6 +207,7 @@ class Evaluator:
         # The submitter's pinned source (repo@sha) in a SLURM shard, else the recipe's.
         self.chat_template = chat_template or recipe.chat_template_from
         self.tasks, self.metrics = load_tasks(recipe)
+        check_backend(recipe)
         self._proxy = None
 
     @cached_property
@@ -297,9 +312,9 @@ def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str],
-              chat_template: str | None = None, records: Sequence[JournalRecord] = ()) -> int:
-    """Score the items in this process, appending each result as soon as it exists. ``records``: what
-    the journals held when the work was planned, checked against the models as they resolve now."""
+              chat_template: str | None = None) -> int:
+    """Score the items in this process, appending each result as soon as it exists (the models
+    pinned and checked against the journal before: :func:`pin_models`)."""
     from importlib.metadata import version
 
     from tqdm.auto import tqdm
@@ -308,7 +323,7 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
     lmms_version = version("lmms-eval")
     total = sum(len(i.benchmarks) for i in items)
     written = 0
-    checked = False
+    kept = False
     with tqdm(total=total, desc=f"sweep {recipe.name}", unit="score") as bar:
         for item in items:
             started = time.perf_counter()
@@ -318,16 +333,11 @@ def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sourc
             else:
                 model, resolved = evaluator.truth_model(item.model)
                 pinned_model, fingerprint = resolved.pinned_source, resolved.fingerprint
-                # a mixture partly scored: the commit or files now loaded against those it was scored on
-                check_truth_models(records, {item.mixture.key(): ModelId.from_resolved(resolved)}, recipe.output_dir)
             merge_s = time.perf_counter() - started
             base, experts = _provenance(model) if hasattr(model, "merger") else ({}, [])
-            if not checked:  # the commits now merged against those the journal's scores came from
-                if item.model is None:
-                    check_models(records, ModelId.from_record(base),
-                                 {e["name"]: ModelId.from_record(e) for e in experts}, recipe.output_dir)
+            if not kept:  # a model exists: the run got past every check
                 keep_recipe(recipe)
-                checked = True
+                kept = True
             for benchmark in item.benchmarks:
                 t0 = time.perf_counter()
                 score, metrics = evaluator.score(model, benchmark)
@@ -366,14 +376,16 @@ def _release_memory() -> None:
 
 
 def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: str,
-              sources: dict[str, str] | None = None, base: str | None = None, chat_template: str | None = None) -> int:
+              sources: dict[str, str] | None = None, base: str | None = None, chat_template: str | None = None,
+              truth: dict[str, str] | None = None) -> int:
     """A SLURM (or submitit local) job: score some mixtures into the shard's own journal file.
 
     ``shard`` names that file uniquely per submission, so a job of an earlier submission that is
     still running never appends to the same file as a new one (appends from two NFS clients
-    interleave). ``sources``, ``base`` and ``chat_template`` are the submitter's pinned ones
-    (``repo@sha``), so shards that start hours apart still merge the same commits and prompt alike
-    (the journal's settings keep the recipe's own ``chat_template_from``).
+    interleave). ``sources``, ``base``, ``chat_template`` and ``truth`` (mixture id -> trained model)
+    are the submitter's pinned ones (``repo@sha``), so shards that start hours apart still merge and
+    load the same commits and prompt alike (the journal's settings keep the recipe's own
+    ``chat_template_from``).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.info("shard %s: %d mixture(s), CUDA_VISIBLE_DEVICES=%s", shard, len(mixture_keys),
@@ -384,28 +396,20 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
     sources = sources or expert_sources(recipe)
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"{shard}.jsonl")
-    records = all_records(out)
     wanted = set(mixture_keys)
-    items = [i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
-    return run_items(recipe, pending(items, scored(records, recipe.mode)), shard_journal, sources, chat_template,
-                     records)
+    items = [replace(i, model=(truth or {}).get(i.mixture.key(), i.model))
+             for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
+    return run_items(recipe, pending(items, scored(all_records(out), recipe.mode)), shard_journal, sources,
+                     chat_template)
 
 
 def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type: str, shards: int,
-            sources: dict[str, str], records: Sequence[JournalRecord] = ()) -> None:
-    try:  # before the sources are pinned
-        import submitit  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("submitit", "slurm", "executor slurm") from None
+            pinned: PinnedModels) -> None:
     from merge_proxy.experts import pin_source
 
-    pinned = {name: pin_source(source) for name, source in sources.items()}
-    base = pin_source(recipe.base)
-    if recipe.mode == "proxy":  # a re-published expert (a new commit) is refused before any job is queued
-        check_models(records, ModelId.from_source(base),
-                     {n: ModelId.from_source(p) for n, p in pinned.items()}, out)
     template = pin_source(recipe.chat_template_from) if recipe.chat_template_from else None
-    logger.info("shards merge base %s and experts %s%s", base, ", ".join(f"{n}={s}" for n, s in pinned.items()),
+    logger.info("shards merge base %s and experts %s%s", pinned.base,
+                ", ".join(f"{n}={s}" for n, s in pinned.experts.items()),
                 f", prompting with the chat template of {template}" if template else "")
     keys = [i.mixture.key() for i in items]
     n = max(1, min(shards, len(keys)))
@@ -416,7 +420,8 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
         executors.slurm_executor(out, recipe.name, params)
     submission = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     names = [f"shard-{submission}-{i:04d}" for i in range(n)]
-    args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned] * n, [base] * n, [template] * n)
+    args = ([str(recipe.path)] * n, [str(out)] * n, chunks, names, [pinned.experts] * n, [pinned.base] * n,
+            [template] * n, [pinned.truth] * n)
     jobs: list[Any] = []
     try:
         if local:
@@ -431,8 +436,9 @@ def _submit(recipe: Recipe, out: Path, items: Sequence[WorkItem], executor_type:
         raise
     gather(out)
     if failures:
-        raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(failures)}); logs in {out / 'submitit'}; "
-                          "rerun the same command to finish the remaining work")
+        fix = "fix that, then rerun" if any(f.needs_fix for f in failures) else "rerun"
+        raise ConfigError(f"{len(failures)} shard job(s) failed ({'; '.join(map(str, failures))}); logs in "
+                          f"{out / 'submitit'}; {fix} the same command to finish the remaining work")
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,8 @@ class SweepPlan:
     total: int
     records: list[JournalRecord] = field(default_factory=list)
     """The journals' records when planned (shards included): what the run checks its models against."""
+    ungathered: list[JournalRecord] = field(default_factory=list)
+    """Those only in shard journals (an earlier submitter's, killed before it gathered them)."""
 
 
 def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPlan:
@@ -454,8 +462,10 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
     if (recipe.output_dir / JOURNAL_FILE).is_dir():
         raise ConfigError(f"{recipe.output_dir / JOURNAL_FILE} is a directory, where the sweep appends its journal; "
                           "move it away or pass another --out")
+    ungathered: list[JournalRecord] = []
     if recipe.output_dir.exists():
-        records = all_records(recipe.output_dir)
+        records, ungathered = read_with_shards(recipe.output_dir / JOURNAL_FILE)
+        records += ungathered
         check_settings(recipe, records)
         if recipe.mode == "proxy":
             check_models(records, ModelId.from_source(recipe.base),
@@ -464,7 +474,54 @@ def plan(recipe_path: str | Path, out_dir: str | Path | None = None) -> SweepPla
                            recipe.output_dir)
     todo = pending(items, scored(records, recipe.mode))
     total = sum(len(i.benchmarks) for i in items)
-    return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total, records)
+    return SweepPlan(recipe, sources, todo, total - sum(len(i.benchmarks) for i in todo), total, records, ungathered)
+
+
+@dataclass(frozen=True)
+class PinnedModels:
+    """Every model a run loads, located, checked and pinned (``repo@sha``; a local one as given) before
+    its first score, so every mixture and every shard loads the same commits."""
+
+    base: str
+    experts: dict[str, str]
+    truth: dict[str, str]
+    """Mixture id -> its trained model (mode truth)."""
+    unchecked: tuple[str, ...] = ()
+    """Models left unchecked because the Hub was unreachable (a dry run only)."""
+
+
+def pin_models(recipe: Recipe, sources: dict[str, str], items: Sequence[WorkItem],
+               records: Sequence[JournalRecord] = (), *, offline_ok: bool = False) -> PinnedModels:
+    """Locate every model the items need (the base and experts of proxies, each truth model) from a
+    directory listing or the Hub's file list, nothing downloaded, and refuse a journal whose scores came
+    from other commits or files. ``offline_ok``: an unreachable Hub leaves a model unchecked (a dry run
+    on a node without network) instead of failing."""
+    from merge_proxy.experts import check_source
+    from merge_proxy.hub import HubUnreachableError
+
+    unchecked: list[str] = []
+    allow_pickle = str(recipe.backend_args.get("allow_pickle", "")).lower() in ("1", "true", "yes")
+
+    def pin(source: str, label: str, for_base: bool) -> str:
+        try:
+            return check_source(source, label, for_base=for_base, allow_pickle=allow_pickle)
+        except HubUnreachableError:
+            if not offline_ok:
+                raise
+            unchecked.append(label)
+            return source
+        except MergeProxyError as err:
+            raise type(err)(f"{recipe.path}: {err}") from None
+
+    proxies = any(i.model is None for i in items)
+    base = pin(recipe.base, "base model", True)  # truth LoRA adapters are merged onto it too
+    experts = {n: pin(s, f"expert {n}", False) for n, s in sources.items()} if proxies else dict(sources)
+    truth = {i.mixture.key(): pin(i.model, f"truth model of {i.mixture.key()}", True) for i in items if i.model}
+    if proxies and recipe.mode == "proxy":
+        check_models(records, ModelId.from_source(base), {n: ModelId.from_source(p) for n, p in experts.items()},
+                     recipe.output_dir)
+    check_truth_models(records, {k: ModelId.from_source(p) for k, p in truth.items()}, recipe.output_dir)
+    return PinnedModels(base, experts, truth, tuple(unchecked))
 
 
 def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, executor: str | None = None,
@@ -472,20 +529,28 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
     """Score everything the recipe asks for that the journal does not hold yet."""
     p = plan(recipe_path, out_dir)
     out = p.recipe.output_dir
-    # shards an earlier (killed) submitter never gathered; this is the one writer
-    journal = gather(out) if out.is_dir() else Journal(out / JOURNAL_FILE)
+    journal = Journal(out / JOURNAL_FILE)
+    journal.append_many(p.ungathered)  # what an earlier (killed) submitter never gathered; this is the one writer
     logger.info("sweep %s: %d of %d scores done, %d mixtures to go", p.recipe.name, p.done, p.total, len(p.items))
     if not p.items:
         if journal.path.is_file():
             keep_recipe(p.recipe)
         return journal
     kind = executor or p.recipe.executor.type
+    if kind != "local":
+        try:  # before the models are pinned
+            import submitit  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("submitit", "slurm", f"executor {kind}") from None
+    pinned = pin_models(p.recipe, p.sources, p.items, p.records)
+    p = replace(p, records=[], ungathered=[])  # hold no journal while scoring (GBs for a million records)
     if kind == "local":
         if (shards or p.recipe.executor.shards) > 1:
             logger.warning("executor local scores in this process, one mixture after another: %d shards ignored; "
                            "--executor submitit-local runs them as processes, one per GPU",
                            shards or p.recipe.executor.shards)
-        run_items(p.recipe, p.items, journal, p.sources, records=p.records)
+        items = [replace(i, model=pinned.truth.get(i.mixture.key(), i.model)) for i in p.items]
+        run_items(replace(p.recipe, base=pinned.base), items, journal, pinned.experts)
     else:
-        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, p.sources, p.records)
+        _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, pinned)
     return journal

@@ -21,5 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from merge_proxy.search import find_experts, format_table
 
     rows = find_experts(base=args.base, domain=args.domain, author=args.author)
-    print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else format_table(rows))
+    if rows or args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else format_table(rows))
+        return 0
+    searched = [f"{flag} {value}" for flag, value in (("--base", args.base), ("--domain", args.domain),
+                                                        ("--author", args.author)) if value]
+    print(f"no experts found{' for ' + ', '.join(searched) if searched else ''}"
+          + ("; check the ids (merge-proxy experts alone lists every expert you can see)" if searched else ""))
     return 0

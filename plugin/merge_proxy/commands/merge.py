@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="base model: directory or Hub repo id[@revision]")
     p.add_argument(
         "--expert", action="append", required=True, metavar="NAME=SRC",
-        help="an expert: NAME=directory or NAME=ORG/REPO[@REV] (repeat for each expert)",
+        help="an expert: NAME=directory or NAME=ORG/REPO[@REV] (repeat for each expert); without NAME= it is "
+        "named by its expert.json's domain, else expert0, expert1, ... by position",
     )
     p.add_argument("--weights", required=True, help="NAME=W,NAME=W (or W,W in --expert order)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
@@ -58,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
         ExpertSpec.parse(args.base), specs, allow_pickle=args.allow_pickle, lora_only=args.fmt == "lora"
     )
     plan = build_plan(base, experts, check_declared_base=not args.no_base_check)
-    mixture = plan.mixture(args.weights, method)
+    unnamed = [f"{e.source} is named {e.name}" for s, e in zip(specs, experts) if not s.name]
+    try:
+        mixture = plan.mixture(args.weights, method)
+    except ConfigError as err:
+        if not unnamed:
+            raise
+        raise ConfigError(f"{err} ({'; '.join(unnamed)}, by its expert.json's domain or its position: "
+                          "name experts with --expert NAME=SRC)") from None
     if args.fmt == "lora":
         result = export_lora(plan, mixture, method, args.out, dtype=args.dtype)
     else:

@@ -42,21 +42,37 @@ def run(args: argparse.Namespace) -> int:
         for item in p.items:
             label = f"  {item.mixture.key()}" + (f"  [{item.model}]" if item.model else "")
             print(f"{label}: {', '.join(b.task for b in item.benchmarks)}")
+        if p.items:
+            print(_check_models(p))
         print(_check_tasks(p.recipe))
         return 0
     journal = run_sweep(args.recipe, args.out, executor=args.executor, shards=args.shards)
-    print(f"journal: {journal.path} ({len(journal.records())} records)")
+    print(f"journal: {journal.path}")  # not re-read to count it: GBs for a million records
     return 0
 
 
+def _check_models(p) -> str:
+    """Locate every model the work left loads, as a real run does first (a request per Hub model,
+    nothing downloaded); a node without network still gets the plan, and says what it left unchecked."""
+    from merge_proxy.sweep import pin_models
+
+    pinned = pin_models(p.recipe, p.sources, p.items, p.records, offline_ok=True)
+    found = 1 + (len(pinned.experts) if any(i.model is None for i in p.items) else 0) + len(pinned.truth)
+    if pinned.unchecked:
+        return (f"models: {found - len(pinned.unchecked)} of {found} found; not checked (the Hub is unreachable): "
+                + ", ".join(pinned.unchecked))
+    return f"models: {found} found, holding the files a run loads"
+
+
 def _check_tasks(recipe) -> str:
-    """Check the benchmarks' task and metric names as a real run does first (a few seconds), where
-    lmms-eval is installed: a login node without it still gets the plan."""
+    """Check the benchmarks' task and metric names and the backend's as a real run does first (a few
+    seconds), where lmms-eval is installed: a login node without it still gets the plan."""
     import importlib.util
 
     if importlib.util.find_spec("lmms_eval") is None:
         return "benchmarks: not checked (lmms-eval is not installed here)"
-    from merge_proxy.sweep import load_tasks
+    from merge_proxy.sweep import check_backend, load_tasks
 
     load_tasks(recipe)
+    check_backend(recipe)
     return f"benchmarks: {len(recipe.benchmarks)} task(s) and their metrics known to lmms-eval"
