@@ -368,6 +368,17 @@ def test_every_model_is_located_before_the_first_score_and_by_a_dry_run(tmp_path
     assert "models: 3 found, holding the files a run loads" in ok.stdout
 
 
+def test_a_truth_recipe_of_full_checkpoints_needs_no_base(tmp_path, tiny_vlm, domains, lora_experts, full_experts):
+    """Full truth checkpoints are loaded as they are: the base is neither located nor loaded."""
+    truth = [{"weights": {"a": 0.5, "b": 0.5}, "model": str(full_experts["f1"])},
+             {"weights": {"a": 0.25, "b": 0.75}, "model": str(full_experts["f2"])}]
+    recipe = write_recipe(tmp_path, tiny_vlm, domains, lora_experts, mode="truth", truth=truth,
+                          base=str(tmp_path / "base-not-on-this-machine"))
+    proc = sweep(recipe, tmp_path / "out", "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "models: 2 found, holding the files a run loads" in proc.stdout
+
+
 def _journal_of(out: Path, base: str, experts: dict[str, str], fingerprints: dict[str, str] | None = None,
                 shown: dict[str, str] | None = None) -> None:
     """A journal of one score, as merge-proxy writes it (``fingerprints``), or as one written before

@@ -327,9 +327,10 @@ def pin_source(source: str, hub: HubOptions | None = None) -> str:
 
 
 def check_source(source: str, label: str, *, for_base: bool = False, allow_pickle: bool = False,
-                 hub: HubOptions | None = None) -> str:
+                 hub: HubOptions | None = None) -> tuple[str, Kind]:
     """Locate one model and check what it holds (kind, weights) from a directory listing or the Hub's
-    file list, nothing downloaded; return its source pinned (``repo[/SUB]@sha``; a local one as given).
+    file list, nothing downloaded; return its source pinned (``repo[/SUB]@sha``; a local one as given)
+    and its kind.
 
     A sweep checks every model it will load this way before its first score: a typo in the last of
     24 truth models fails in seconds, not hours into a SLURM array. ``label`` names the model's role
@@ -337,7 +338,7 @@ def check_source(source: str, label: str, *, for_base: bool = False, allow_pickl
     """
     located = _locate(ExpertSpec.parse(source), allow_pickle=allow_pickle, for_base=for_base,
                       hub=hub or HubOptions(), label=label)
-    return f"{located.spec.source}@{located.sha}" if located.sha else source
+    return (f"{located.spec.source}@{located.sha}" if located.sha else source), located.kind
 
 
 def resolve_merge_inputs(

@@ -486,8 +486,10 @@ class PinnedModels:
     experts: dict[str, str]
     truth: dict[str, str]
     """Mixture id -> its trained model (mode truth)."""
+    checked: tuple[str, ...] = ()
+    """The models located (``base model``, ``expert NAME``, ``truth model of MIXTURE``)."""
     unchecked: tuple[str, ...] = ()
-    """Models left unchecked because the Hub was unreachable (a dry run only)."""
+    """Those left unchecked because the Hub was unreachable (a dry run only)."""
 
 
 def pin_models(recipe: Recipe, sources: dict[str, str], items: Sequence[WorkItem],
@@ -499,29 +501,37 @@ def pin_models(recipe: Recipe, sources: dict[str, str], items: Sequence[WorkItem
     from merge_proxy.experts import check_source
     from merge_proxy.hub import HubUnreachableError
 
+    checked: list[str] = []
     unchecked: list[str] = []
     allow_pickle = str(recipe.backend_args.get("allow_pickle", "")).lower() in ("1", "true", "yes")
 
-    def pin(source: str, label: str, for_base: bool) -> str:
+    def pin(source: str, label: str, for_base: bool) -> tuple[str, str | None]:
+        checked.append(label)
         try:
             return check_source(source, label, for_base=for_base, allow_pickle=allow_pickle)
         except HubUnreachableError:
             if not offline_ok:
                 raise
             unchecked.append(label)
-            return source
+            return source, None
         except MergeProxyError as err:
-            raise type(err)(f"{recipe.path}: {err}") from None
+            err.args = (f"{recipe.path}: {err}",)
+            raise
 
     proxies = any(i.model is None for i in items)
-    base = pin(recipe.base, "base model", True)  # truth LoRA adapters are merged onto it too
-    experts = {n: pin(s, f"expert {n}", False) for n, s in sources.items()} if proxies else dict(sources)
-    truth = {i.mixture.key(): pin(i.model, f"truth model of {i.mixture.key()}", True) for i in items if i.model}
+    experts = {n: pin(s, f"expert {n}", False)[0] for n, s in sources.items()} if proxies else dict(sources)
+    truth: dict[str, str] = {}
+    adapters = False  # a LoRA truth model is merged onto the base; a full one needs none
+    for i in items:
+        if i.model:
+            truth[i.mixture.key()], kind = pin(i.model, f"truth model of {i.mixture.key()}", True)
+            adapters = adapters or kind != "full"
+    base = pin(recipe.base, "base model", True)[0] if proxies or adapters else recipe.base
     if proxies and recipe.mode == "proxy":
         check_models(records, ModelId.from_source(base), {n: ModelId.from_source(p) for n, p in experts.items()},
                      recipe.output_dir)
     check_truth_models(records, {k: ModelId.from_source(p) for k, p in truth.items()}, recipe.output_dir)
-    return PinnedModels(base, experts, truth, tuple(unchecked))
+    return PinnedModels(base, experts, truth, tuple(checked), tuple(unchecked))
 
 
 def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, executor: str | None = None,

@@ -57,7 +57,7 @@ def _check_models(p) -> str:
     from merge_proxy.sweep import pin_models
 
     pinned = pin_models(p.recipe, p.sources, p.items, p.records, offline_ok=True)
-    found = 1 + (len(pinned.experts) if any(i.model is None for i in p.items) else 0) + len(pinned.truth)
+    found = len(pinned.checked)
     if pinned.unchecked:
         return (f"models: {found - len(pinned.unchecked)} of {found} found; not checked (the Hub is unreachable): "
                 + ", ".join(pinned.unchecked))
