@@ -148,6 +148,18 @@ def test_bad_arguments_are_named_before_the_base_loads(capfd, tiny_vlm, lora_exp
     assert "Loading weights" not in "".join(capfd.readouterr())
 
 
+def test_backend_arguments_after_the_weights_are_no_comma_split(tiny_vlm, lora_experts):
+    """A backend's own argument after weights=, and lmms-eval's batch_size, are not stray halves."""
+    from merge_proxy.errors import MergeProxyError
+    from merge_proxy.lmms_model import MergeProxyChat
+
+    args = f"pretrained={tiny_vlm.path},experts=a={lora_experts['a']};b={lora_experts['b']},weights=a=0.6;b=0.6"
+    with pytest.raises(MergeProxyError) as err:
+        MergeProxyChat.create_from_arg_string(f"{args},max_pixels=1003520,{CPU}", {"batch_size": 1})
+    assert str(err.value) == ("linear merge weights must sum to 1, these sum to 1.2; rescale them, or use method "
+                              "task_arithmetic with a scale")
+
+
 def test_one_expert_at_weight_one_through_the_cli(tmp_path, tiny_vlm, domains, lora_experts):
     """lmms-eval hands ``weights=1`` over as the int 1 (the single-expert baseline): still a mixture."""
     run = run_lmms_eval("merge_proxy", f"pretrained={tiny_vlm.path},experts={lora_experts['a']},weights=1,{CPU}",

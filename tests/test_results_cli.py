@@ -223,6 +223,7 @@ def test_weights_option_errors_name_the_benchmark(tmp_path):
         benchmark_weights(inputs, "t1=abc")
     assert benchmark_weights(inputs, "t1=2,t2=0.5") == {"t1": 2.0, "t2": 0.5}
     assert benchmark_weights(inputs, "t1=2;t2=0") == {"t1": 2.0, "t2": 0.0}
+    assert benchmark_weights(inputs, "refcoco+_bbox_val=2;t1=1,t2=0") == {"refcoco+_bbox_val": 2.0, "t1": 1.0, "t2": 0}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -251,3 +252,21 @@ def test_journals_given_the_other_way_round_say_which_goes_where(tmp_path):
     assert swapped.stderr.strip().endswith("the proxy journal holds truth scores only (a sweep of mode truth): pass "
                                            "it with --truth, after the proxy sweep's directory")
     assert not (truth / "report").exists()
+
+
+def test_a_journal_line_of_an_earlier_version_reads_back_byte_for_byte():
+    """Reports compare journals by the digest of their records' JSON: a field added since (truth
+    models' model_fingerprint) must not change the JSON of records that lack it, or every report made
+    before it would be refused at push as "made from other scores"."""
+    import json
+
+    from merge_proxy.journal import JournalRecord, records_digest
+
+    line = ('{"base":{},"benchmark":"t1","experts":[],"lmms_eval_version":"0.7.3","metrics":{"exact_match,none":0.5},'
+            '"mixture_id":"a=0.5,b=0.5","mode":"truth","model":"org/m@' + SHA + '","schema":"merge-proxy/journal",'
+            '"schema_version":1,"score":0.5,"settings":{},"timings":{"eval_s":1.0},"weights":{"a":0.5,"b":0.5}}')
+    record = JournalRecord.from_dict(json.loads(line))
+    assert record.to_json() == line
+    fingerprinted = JournalRecord.from_dict({**json.loads(line), "model_fingerprint": "local:0123456789abcdef"})
+    assert json.loads(fingerprinted.to_json())["model_fingerprint"] == "local:0123456789abcdef"
+    assert records_digest([record]) != records_digest([fingerprinted])

@@ -657,6 +657,14 @@ def test_a_truth_model_re_published_mid_mixture_is_refused_before_scoring(tmp_pa
     assert f"a new commit: to keep scoring the journal's, pin it in the recipe: model: tester/mixed@{first}" \
         in proc.stderr
     assert (out / "journal.jsonl").read_bytes() == before and not (out / "recipe.yaml").exists()
+    # the advice: pin the journal's commit; the mixture is finished on that commit
+    data["truth"][0]["model"] = f"tester/mixed@{first}"
+    recipe.write_text(yaml.safe_dump(data))
+    pinned = sweep(recipe, out, env={**os.environ, **hub_emulator.client_env(hf_home=tmp_path / "hf-home")})
+    assert pinned.returncode == 0, pinned.stderr[-3000:]
+    records = Journal(out / "journal.jsonl").records()
+    assert [(r.benchmark, r.model) for r in records] == [
+        (domains.tasks["color"], f"tester/mixed@{first}"), (domains.tasks["shape"], f"tester/mixed@{first}")]
 
 
 def journal_record(mode: str, mixture: str, benchmark: str, score: float, settings: dict | None = None):

@@ -219,8 +219,8 @@ def test_torchrun_two_cpu_processes_make_exactly_one_commit(tmp_path, tiny_vlm, 
         ({"domain": "color", "repo_id": "not a repo"}, "is not a Hub repo id"),
         ({"domain": "color", "repo_id": "tester/x"}, "is a local path; add base_model:"),
         ({"domain": "color", "push": False, "artifact": "full"}, "artifact: full contradicts finetuning_type: lora"),
-        ({"domain": "color", "repo_id": "tester/x", "push": "no"}, "expert: push must be true or false, not 'no'"),
-        ({"domain": "color", "push": False, "private": "off"}, "expert: private must be true or false, not 'off'"),
+        ({"domain": "color", "repo_id": "tester/x", "push": "nope"}, "expert: push must be true or false, not 'nope'"),
+        ({"domain": "color", "push": False, "private": 2}, "expert: private must be true or false, not 2"),
     ],
 )
 def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert, message):
@@ -324,6 +324,6 @@ def test_quoted_true_and_false_in_the_expert_block_mean_what_they_say():
     """``push: "false"`` is a string, and bool("false") is True: it must not publish."""
     from merge_proxy.provenance import PublishSpec
 
-    spec = PublishSpec.from_block({"domain": "color", "push": "false", "private": "False"})
+    spec = PublishSpec.from_block({"domain": "color", "push": "false", "private": " No "})
     assert spec.push is False and spec.private is False
     assert PublishSpec.from_block({"domain": "color", "repo_id": "tester/x", "push": "true"}).push is True

@@ -56,14 +56,22 @@ class JournalRecord:
 
     def to_json(self) -> str:
         # vars, not dataclasses.asdict: the same JSON without deep-copying every nested dict (a report
-        # digests every record; asdict took three quarters of a 20,000-mixture report's time)
-        return json.dumps(vars(self), sort_keys=True, separators=(",", ":"))
+        # digests every record; asdict took three quarters of a 20,000-mixture report's time). Fields
+        # added later are written only when set: a record, and so a report's digest of its journal,
+        # reads the same as before them.
+        data = vars(self)
+        if any(data[k] is None for k in _LATER_FIELDS):
+            data = {k: v for k, v in data.items() if not (k in _LATER_FIELDS and v is None)}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JournalRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+#: Fields added after the schema's first version, left out of a record's JSON while unset.
+_LATER_FIELDS = ("model_fingerprint",)
 
 #: The fields a record cannot be read without.
 _REQUIRED = tuple(f.name for f in fields(JournalRecord) if f.default is MISSING and f.default_factory is MISSING)

@@ -20,6 +20,7 @@ from merge_proxy.chat_template import apply_chat_template, load_chat_template
 from merge_proxy.engine import MergeMethod
 from merge_proxy.errors import ConfigError
 from merge_proxy.experts import ExpertSpec, ResolvedModel, resolve_merge_inputs
+from merge_proxy.flags import parse_flag
 from merge_proxy.inplace import InPlaceMerger, PlanPrefetch
 from merge_proxy.mixture import Mixture, make_mixture
 
@@ -43,17 +44,14 @@ OWN_ARGS: tuple[str, ...] = (
 _UNSUPPORTED_BACKENDS = {"vllm", "vllm_generate", "sglang", "openai", "async_openai", "litellm"}
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _flag(ours: Mapping[str, Any], key: str, default: bool) -> bool:
     """A true/false model_arg; anything else is refused (``base_check=flase`` must not turn the check off)."""
-    if key not in ours:
-        return default
-    text = str(ours[key]).strip().lower()
-    if text not in _TRUE + _FALSE:
+    value = parse_flag(ours.get(key), default)
+    if value is None:
         raise ConfigError(f"{key}={ours[key]!r}: write {key}=true or {key}=false")
-    return text in _TRUE
+    return value
 
 
 def _device(value: Any) -> str | None:
@@ -129,7 +127,8 @@ class MergeProxy(lmms):
                 make_mixture(ours["weights"], [e.name for e in self.experts], self.method.name)
             except ConfigError as err:
                 # lmms-eval split "weights=a=0.5,b=0.5" at the comma: "b=0.5" arrived as a backend argument
-                stray = [k for k in backend_kwargs if f"'{k}'" in str(err)] or _cut_at_commas(kwargs)
+                stray = [k for k in backend_kwargs if f"'{k}'" in str(err)] or _cut_at_commas(
+                    kwargs, _backend_parameters(ours.get("backend") or default_backend(self.base)))
                 if not stray:
                     raise
                 raise ConfigError(
@@ -292,21 +291,38 @@ def default_backend(model: ResolvedModel) -> str:
     return DEFAULT_BACKENDS[arch]
 
 
-def _cut_at_commas(kwargs: Mapping[str, Any]) -> list[str]:
+def _cut_at_commas(kwargs: Mapping[str, Any], accepted: set[str]) -> list[str]:
     """Keys lmms-eval made of what followed a comma inside ``experts=`` or ``weights=`` (it splits
-    model_args at every comma): a source or a number right after them, in the order given."""
+    model_args at every comma): a source or a number right after them, in the order given, that is
+    none of the backend's parameters (``accepted``) nor what lmms-eval adds (batch_size, device)."""
     stray: list[str] = []
     after = None
     for key, value in kwargs.items():
         if key in ("experts", "weights"):
             after = key
-        elif key in OWN_ARGS:
+        elif key in OWN_ARGS or key in accepted or key in _LMMS_EVAL_ADDS:
             after = None
         elif after and ("/" in str(value) or _is_number(value)):  # a key given twice keeps its first place
             stray.append(key)
         else:
             after = None
     return stray
+
+
+#: What lmms-eval's CLI adds to every model's arguments.
+_LMMS_EVAL_ADDS = ("batch_size", "max_batch_size", "device")
+
+
+def _backend_parameters(name: str) -> set[str]:
+    """The keyword parameters backend ``name`` declares (none when it cannot be told)."""
+    import inspect
+
+    from lmms_eval import models
+
+    try:
+        return set(inspect.signature(models.get_model(name).__init__).parameters) - {"self", "kwargs"}
+    except Exception:  # noqa: BLE001 - an unknown backend: named by load_backend
+        return set()
 
 
 def _is_number(value: Any) -> bool:

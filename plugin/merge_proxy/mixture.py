@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from merge_proxy.errors import ConfigError
@@ -78,12 +78,13 @@ def _parse_float(raw: str, label: str) -> float:
 
 
 def parse_weights(text: str, names: Sequence[str] | None = None, *, what: str = "expert",
-                  example: str = "ocr=0.25,general=0.75") -> dict[str, float]:
+                  example: str = "ocr=0.25,general=0.75",
+                  name_check: Callable[[str, str], str] = check_name) -> dict[str, float]:
     """Parse ``NAME=W`` items or positional ``W`` items separated by ``;`` (or ``,``).
 
     Positional weights need ``names`` (the experts in order). Only the syntax is checked here; use
-    :func:`make_mixture` to check the weights against the experts and the method. ``what`` and
-    ``example`` word the errors for other weighted things (the report's benchmark weights).
+    :func:`make_mixture` to check the weights against the experts and the method. ``what``,
+    ``example`` and ``name_check`` serve other weighted things (the report's benchmark weights).
     """
     items = _split_items(text)
     if not items:
@@ -93,7 +94,7 @@ def parse_weights(text: str, names: Sequence[str] | None = None, *, what: str = 
         weights: dict[str, float] = {}
         for item in items:
             name, raw = (part.strip() for part in item.split("=", 1))
-            check_name(name, f"{what} name")
+            name_check(name, f"{what} name")
             if name in weights:
                 raise ConfigError(f"weight for {what} {name!r} given twice in {text!r}; give it once")
             weights[name] = _parse_float(raw, f"{what} {name!r}")

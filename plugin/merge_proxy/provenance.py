@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from merge_proxy.errors import ConfigError
+from merge_proxy.flags import parse_flag
 from merge_proxy.hub import is_repo_id, looks_like_repo_id
 from merge_proxy.mixture import check_name
 
@@ -72,14 +73,11 @@ class PublishSpec:
 
 
 def _flag(block: dict[str, Any], key: str, default: bool, where: str) -> bool:
-    """A yes/no key: YAML's booleans, or the words true/false quoted (``bool("false")`` is True: a
-    quoted ``push: "false"`` would publish)."""
-    value = block.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"{where} {key} must be true or false, not {value!r}")
+    """A yes/no key (a quoted ``push: "false"`` must not publish)."""
+    value = parse_flag(block.get(key), default)
+    if value is None:
+        raise ConfigError(f"{where} {key} must be true or false, not {block[key]!r}")
+    return value
 
 
 @dataclass

@@ -87,11 +87,19 @@ def read_results(inputs: ResultsInput) -> list[JournalRecord]:
 
 def parse_benchmark_weights(text: str) -> dict[str, float]:
     """``TASK=W,TASK=W`` (``;`` works too) -> task -> weight: the mixtures' parser, and weights >= 0."""
-    weights = parse_weights(text, what="benchmark", example="--weights chartqa=2,gqa=1")
+    weights = parse_weights(text.replace(";", ","), what="benchmark", example="--weights chartqa=2,gqa=1",
+                            name_check=_task_name)
     for task, w in weights.items():
         if w < 0:
             raise ConfigError(f"weight of benchmark {task!r} is {w:g}; use a finite weight >= 0 (0 leaves it out)")
     return weights
+
+
+def _task_name(name: str, what: str) -> str:
+    """lmms-eval task names are free text (``refcoco+_bbox_val``): only a space or nothing is refused."""
+    if not name or any(c.isspace() for c in name):
+        raise ConfigError(f"invalid {what} {name!r}: write the lmms-eval task name, e.g. --weights chartqa=2,gqa=1")
+    return name
 
 
 def benchmark_weights(inputs: ResultsInput, override: str | None) -> dict[str, float] | None:

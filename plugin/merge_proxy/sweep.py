@@ -499,22 +499,21 @@ def pin_models(recipe: Recipe, sources: dict[str, str], items: Sequence[WorkItem
     from other commits or files. ``offline_ok``: an unreachable Hub leaves a model unchecked (a dry run
     on a node without network) instead of failing."""
     from merge_proxy.experts import check_source
+    from merge_proxy.flags import parse_flag
     from merge_proxy.hub import HubUnreachableError
 
     checked: list[str] = []
     unchecked: list[str] = []
-    allow_pickle = str(recipe.backend_args.get("allow_pickle", "")).lower() in ("1", "true", "yes")
+    allow_pickle = bool(parse_flag(recipe.backend_args.get("allow_pickle"), False))  # the model refuses others
 
     def pin(source: str, label: str, for_base: bool) -> tuple[str, str | None]:
         checked.append(label)
         try:
             return check_source(source, label, for_base=for_base, allow_pickle=allow_pickle)
-        except HubUnreachableError:
-            if not offline_ok:
-                raise
-            unchecked.append(label)
-            return source, None
         except MergeProxyError as err:
+            if offline_ok and isinstance(err, HubUnreachableError):
+                unchecked.append(label)
+                return source, None
             err.args = (f"{recipe.path}: {err}",)
             raise
 

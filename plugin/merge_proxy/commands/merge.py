@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         ExpertSpec.parse(args.base), specs, allow_pickle=args.allow_pickle, lora_only=args.fmt == "lora"
     )
     plan = build_plan(base, experts, check_declared_base=not args.no_base_check)
-    unnamed = [f"{e.source} is named {e.name}" for s, e in zip(specs, experts) if not s.name]
+    # weights by name, some experts named for the user: say what they were named
+    unnamed = [f"{e.source} is named {e.name}" for s, e in zip(specs, experts) if not s.name and "=" in args.weights]
     try:
         mixture = plan.mixture(args.weights, method)
     except ConfigError as err:
