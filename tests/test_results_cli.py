@@ -270,3 +270,17 @@ def test_a_journal_line_of_an_earlier_version_reads_back_byte_for_byte():
     fingerprinted = JournalRecord.from_dict({**json.loads(line), "model_fingerprint": "local:0123456789abcdef"})
     assert json.loads(fingerprinted.to_json())["model_fingerprint"] == "local:0123456789abcdef"
     assert records_digest([record]) != records_digest([fingerprinted])
+
+
+def test_records_of_one_read_share_equal_provenance_only(tmp_path):
+    """A million records repeat one base, experts and settings: read once, not a million times; a
+    record whose provenance differs keeps its own."""
+    from merge_proxy.journal import Journal, JournalRecord
+
+    base, other = {"source": "org/base", "pinned": f"org/base@{SHA}"}, {"source": "org/other"}
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.append_many([JournalRecord("proxy", f"a={w},b={1 - w}", {"a": w, "b": 1 - w}, "t1", w, base=b,
+                                       settings={"limit": None}) for w, b in ((0.25, base), (0.5, base), (0.75, other))])
+    first, second, third = journal.records()
+    assert first.base is second.base and first.settings is second.settings
+    assert (first.base, third.base) == (base, other)
