@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.hub import (
@@ -113,6 +113,13 @@ class ResolvedModel:
         whose expert.json or card was rewritten (``merge-proxy publish``), is the same (hashing GBs of
         weights would cost more than it saves)."""
         return self.pinned_source if self.repo_id else local_fingerprint(self.path)
+
+    def provenance(self, *, named: bool = True) -> dict[str, Any]:
+        """What an output records of this model (a sweep's journal, an export's merge_proxy.json): the
+        source as given, pinned (``repo@sha`` or the absolute path), its kind and what tells a local
+        folder re-trained in place apart (:attr:`fingerprint`)."""
+        return {**({"name": self.name} if named else {}), "source": self.source, "pinned": self.pinned_source,
+                "revision": self.revision, "kind": self.kind, "fingerprint": self.fingerprint}
 
     @property
     def declared_bases(self) -> tuple[str, ...]:

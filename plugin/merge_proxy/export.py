@@ -62,11 +62,8 @@ def provenance(plan: MergePlan, mixture: Mixture, method: MergeMethod, fmt: str,
         "scale": method.scale,
         "dtype": dtype,
         "weights": mixture.as_dict(),
-        "base": {"source": plan.base.source, "pinned": plan.base.pinned_source, "revision": plan.base.revision},
-        "experts": [
-            {"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision, "kind": e.kind}
-            for e in plan.experts
-        ],
+        "base": plan.base.provenance(named=False),
+        "experts": [e.provenance() for e in plan.experts],
     }
 
 

@@ -304,11 +304,7 @@ class Evaluator:
 
 
 def _provenance(model) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    base = {"source": model.base.source, "pinned": model.base.pinned_source, "revision": model.base.revision,
-            "fingerprint": model.base.fingerprint}
-    experts = [{"name": e.name, "source": e.source, "pinned": e.pinned_source, "revision": e.revision,
-                "fingerprint": e.fingerprint} for e in model.experts]
-    return base, experts
+    return model.base.provenance(named=False), [e.provenance() for e in model.experts]
 
 
 def run_items(recipe: Recipe, items: Sequence[WorkItem], journal: Journal, sources: dict[str, str],
