@@ -96,7 +96,7 @@ def shards_of(journal: Path) -> list[Path]:
 
 def read_with_shards(journal: Path) -> tuple[list[JournalRecord], list[JournalRecord]]:
     """A sweep's journal records, and those only in its shard journals (SLURM jobs not gathered yet;
-    one per key, the main journal's first, see :func:`new_information`)."""
+    one per key, the main journal's first, see :meth:`Held.add_new`)."""
     records = Journal(journal).records()
     held = Held(records)
     fresh: list[JournalRecord] = []
@@ -119,13 +119,6 @@ def records_digest(records: Iterable[JournalRecord]) -> str:
     return hashlib.sha256("\n".join(sorted(r.to_json() for r in records)).encode("utf-8")).hexdigest()
 
 
-def new_information(held: Iterable[JournalRecord], incoming: Iterable[JournalRecord]) -> list[JournalRecord]:
-    """The incoming records worth adding to ``held``: any record of a key never seen, and a finite
-    score for a key that has none (a shard's retry of a non-finite score). Appended after ``held``,
-    they win where readers keep a key's last record; a finite score is never shadowed by a NaN."""
-    return Held(held).add_new(incoming)
-
-
 class Held:
     """The keys some records hold, and those with a finite score: folding S shard journals into one
     is then one pass over the records, not S passes over everything held (1,024 shards of a 140,000
@@ -140,7 +133,9 @@ class Held:
                 self.finite.add(r.key)
 
     def add_new(self, incoming: Iterable[JournalRecord]) -> list[JournalRecord]:
-        """The incoming records that add information (see :func:`new_information`), now held too."""
+        """The incoming records worth adding, now held too: any record of a key never seen, and a finite
+        score for a key that has none (a shard's retry of a non-finite score). Appended after the held
+        ones, they win where readers keep a key's last record; a finite score is never shadowed by a NaN."""
         out = []
         for r in incoming:
             good = math.isfinite(r.score)

@@ -17,7 +17,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -393,8 +393,8 @@ def run_shard(recipe_path: str, out_dir: str, mixture_keys: list[str], shard: st
     out = Path(out_dir)
     shard_journal = Journal(out / SHARD_DIR / f"{shard}.jsonl")
     wanted = set(mixture_keys)
-    items = [replace(i, model=(truth or {}).get(i.mixture.key(), i.model))
-             for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted]
+    items = with_truth_models([i for i in candidate_items(recipe, list(sources)) if i.mixture.key() in wanted],
+                              truth or {})
     return run_items(recipe, pending(items, scored(all_records(out), recipe.mode)), shard_journal, sources,
                      chat_template)
 
@@ -488,6 +488,12 @@ class PinnedModels:
     """Those left unchecked because the Hub was unreachable (a dry run only)."""
 
 
+def with_truth_models(items: Sequence[WorkItem], truth: Mapping[str, str]) -> list[WorkItem]:
+    """The items with their truth models as pinned (mixture id -> ``repo@sha``), so every item loads
+    the commit that was checked, however long after the check it runs."""
+    return [replace(i, model=truth.get(i.mixture.key(), i.model)) for i in items]
+
+
 def pin_models(recipe: Recipe, sources: dict[str, str], items: Sequence[WorkItem],
                records: Sequence[JournalRecord] = (), *, offline_ok: bool = False) -> PinnedModels:
     """Locate every model the items need (the base and experts of proxies, each truth model) from a
@@ -554,8 +560,8 @@ def run_sweep(recipe_path: str | Path, out_dir: str | Path | None = None, execut
             logger.warning("executor local scores in this process, one mixture after another: %d shards ignored; "
                            "--executor submitit-local runs them as processes, one per GPU",
                            shards or p.recipe.executor.shards)
-        items = [replace(i, model=pinned.truth.get(i.mixture.key(), i.model)) for i in p.items]
-        run_items(replace(p.recipe, base=pinned.base), items, journal, pinned.experts)
+        run_items(replace(p.recipe, base=pinned.base), with_truth_models(p.items, pinned.truth), journal,
+                  pinned.experts)
     else:
         _submit(p.recipe, out, p.items, kind, shards or p.recipe.executor.shards, pinned)
     return journal
