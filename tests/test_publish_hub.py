@@ -74,16 +74,17 @@ def test_base_model_flag_lands_in_expert_json_and_the_merge_accepts_the_hub_base
     """An expert trained from a local base with push: false names no Hub base; --base-model supplies it."""
     from merge_proxy.engine import build_plan
     from merge_proxy.experts import ExpertSpec, resolve
-    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+    from merge_proxy.expert_metadata import TrainingSummary, write_expert_metadata
+    from merge_proxy.provenance import PublishSpec, build_expert_metadata
     from merge_proxy.testing.experts import make_lora_expert
 
     local_base = tmp_path / "checkpoints" / "base"  # a local copy whose name says nothing of the Hub id
     shutil.copytree(tiny_vlm.path, local_base)
     out = make_lora_expert(local_base, tmp_path / "color-expert", seed=4)
     args = {"model_name_or_path": str(local_base), "output_dir": str(out), "finetuning_type": "lora"}
-    document = build_expert_json(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), None)
-    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
-    assert document["base_model"]["id"] is None
+    document = build_expert_metadata(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), None)
+    write_expert_metadata(out, document)
+    assert document.base_model.id is None
 
     hub_api.create_repo(BASE_ID)
     hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path)
@@ -100,7 +101,8 @@ def test_base_model_flag_lands_in_expert_json_and_the_merge_accepts_the_hub_base
 
 def test_a_hub_base_is_pinned_to_the_commit_of_its_branch(tmp_path, hub_api, hub, tiny_vlm, lora_experts):
     """model_revision is a branch (or nothing) when training: expert.json must name the commit."""
-    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+    from merge_proxy.expert_metadata import TrainingSummary, write_expert_metadata
+    from merge_proxy.provenance import PublishSpec, build_expert_metadata
 
     hub_api.create_repo(BASE_ID)
     trained_on = hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path).oid
@@ -111,9 +113,9 @@ def test_a_hub_base_is_pinned_to_the_commit_of_its_branch(tmp_path, hub_api, hub
     out = tmp_path / "expert"
     shutil.copytree(lora_experts["a"], out)
     args = {"model_name_or_path": BASE_ID, "model_revision": "v1", "output_dir": str(out)}
-    document = build_expert_json(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), BASE_ID)
-    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
-    assert document["base_model"]["revision"] == "v1"
+    document = build_expert_metadata(PublishSpec(domain="color", push=False), args, out, TrainingSummary(), BASE_ID)
+    write_expert_metadata(out, document)
+    assert document.base_model.revision == "v1"
 
     publish_directory(out, repo_id="tester/pinned", hub=hub)
     published = json.loads(Path(hub_api.hf_hub_download("tester/pinned", "expert.json",
@@ -128,7 +130,8 @@ def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tm
                                                                              lora_experts, monkeypatch):
     """`merge-proxy train` trains on the commit its revision names at the start; an expert that names no
     revision is published without one (resolving main at publish time could name a later commit)."""
-    from merge_proxy.provenance import PublishSpec, TrainingSummary, build_expert_json
+    from merge_proxy.expert_metadata import TrainingSummary, write_expert_metadata
+    from merge_proxy.provenance import PublishSpec, build_expert_metadata
     from merge_proxy.publish import pin_training_base
 
     hub_api.create_repo(BASE_ID)
@@ -146,9 +149,9 @@ def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tm
     hub_api.upload_file(path_or_fileobj=b"moved on\n", path_in_repo="NOTES.md", repo_id=BASE_ID)  # main moves
     out = tmp_path / "expert"
     shutil.copytree(lora_experts["a"], out)
-    document = build_expert_json(PublishSpec(domain="color", push=False), {**args, "output_dir": str(out)}, out,
+    document = build_expert_metadata(PublishSpec(domain="color", push=False), {**args, "output_dir": str(out)}, out,
                                  TrainingSummary(), BASE_ID)
-    (out / "expert.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_expert_metadata(out, document)
     publish_directory(out, repo_id="tester/unpinned", hub=hub)
     published = json.loads(Path(hub_api.hf_hub_download("tester/unpinned", "expert.json",
                                                         cache_dir=tmp_path / "c")).read_text())
@@ -157,10 +160,11 @@ def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tm
 
 def test_the_card_says_when_no_step_loss_was_logged():
     """logging_steps above the steps run: no step loss, but the trainer's mean loss is known."""
+    from merge_proxy.expert_metadata import ExpertMetadata, LoraSettings, TrainingSummary
     from merge_proxy.provenance import PublishSpec
     from merge_proxy.publish import render_card
 
-    expert = {"schema_version": 1, "artifact": "adapter", "datasets": [], "lora": {"r": 8},
-              "training": {"global_steps": 4, "final_loss": None, "train_loss": 7.29412}}
+    expert = ExpertMetadata(domain="color", artifact="adapter", lora=LoraSettings(r=8),
+                            training=TrainingSummary(global_steps=4, final_loss=None, train_loss=7.29412))
     card = render_card(PublishSpec(domain="color", repo_id="tester/x"), expert, "org/base", "tester/x")
     assert "final loss not logged (mean over the run 7.294) |" in card

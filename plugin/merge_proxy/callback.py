@@ -28,14 +28,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from merge_proxy.expert_metadata import ExpertMetadata, TrainingSummary, write_expert_metadata
 from merge_proxy.hub import HubOptions
-from merge_proxy.provenance import (
-    PublishSpec,
-    TrainingSummary,
-    build_expert_json,
-    resolve_base_model_id,
-    write_expert_json,
-)
+from merge_proxy.provenance import PublishSpec, build_expert_metadata, resolve_base_model_id
 from merge_proxy.publish import Publication, publish_expert
 
 logger = logging.getLogger(__name__)
@@ -92,9 +87,9 @@ class ExpertPublisher(TrainerCallback):
     def output_dir(self) -> Path:
         return Path(str(self.train_args.get("output_dir", "."))).resolve()
 
-    def expert_document(self) -> dict[str, Any]:
+    def expert_document(self) -> ExpertMetadata:
         assert self.summary is not None
-        return build_expert_json(self.spec, self.train_args, self.output_dir, self.summary, self.base_model_id)
+        return build_expert_metadata(self.spec, self.train_args, self.output_dir, self.summary, self.base_model_id)
 
     def finish(self) -> Publication | None:
         """Write expert.json beside LLaMA-Factory's output and publish it (main process, once)."""
@@ -102,14 +97,14 @@ class ExpertPublisher(TrainerCallback):
             return None
         self._finished = True
         expert = self.expert_document()
-        written = write_expert_json(self.output_dir, expert)
+        written = write_expert_metadata(self.output_dir, expert)
         if not self.spec.push:
             logger.info("expert: push is false; wrote %s only", written)
             return None
         assert self.base_model_id is not None
         self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
         if self.publication.expert != expert:  # keep the local copy identical to the published one
-            write_expert_json(self.output_dir, self.publication.expert)
+            write_expert_metadata(self.output_dir, self.publication.expert)
         return self.publication
 
     def abandon(self, reason: str = "training failed") -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from merge_proxy.errors import MergeProxyError
+from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, read_expert_metadata
 from merge_proxy.hub import (
     HubError, HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision,
 )
@@ -26,9 +27,6 @@ from merge_proxy.mixture import check_name
 logger = logging.getLogger(__name__)
 
 Kind = Literal["lora", "full"]
-
-#: The provenance file merge-proxy publishes beside every expert (see merge_proxy.publish).
-EXPERT_METADATA_FILE = "expert.json"
 
 _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", EXPERT_METADATA_FILE)
 _FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", EXPERT_METADATA_FILE)
@@ -95,8 +93,8 @@ class ResolvedModel:
     revision: str | None = None
     """The commit sha for a Hub source; None for a local directory."""
     adapter_config: dict | None = None
-    metadata: dict | None = field(default=None, compare=False)
-    """expert.json, when the expert was published by merge-proxy."""
+    metadata: ExpertMetadata | None = field(default=None, compare=False)
+    """expert.json, when the expert was trained or published by merge-proxy."""
 
     @property
     def pinned_source(self) -> str:
@@ -125,10 +123,7 @@ class ResolvedModel:
     def declared_bases(self) -> tuple[str, ...]:
         """Names of the base this expert says it was trained from: expert.json's Hub id and local
         path, and the adapter config's base_model_name_or_path (empty when it says nothing)."""
-        names: list[str] = []
-        meta_base = (self.metadata or {}).get("base_model") or {}
-        if isinstance(meta_base, dict):
-            names += [str(meta_base[k]) for k in ("id", "path") if meta_base.get(k)]
+        names = list(self.metadata.base_model.names) if self.metadata else []
         if self.adapter_config and self.adapter_config.get("base_model_name_or_path"):
             names.append(str(self.adapter_config["base_model_name_or_path"]))
         return tuple(dict.fromkeys(names))
@@ -289,8 +284,10 @@ def _fetch(
             path = path / located.subfolder
     spec = located.spec
     adapter_config = _read_json(path / "adapter_config.json") if located.kind == "lora" else None
-    metadata = _read_json(path / EXPERT_METADATA_FILE)
-    name = spec.name or (metadata or {}).get("domain") or ("base" if located.for_base else f"expert{position}")
+    metadata = read_expert_metadata(path / EXPERT_METADATA_FILE, ExpertError, f"{located.label}: re-publish the "
+                                     "expert (merge-proxy publish), or repair or delete the file",
+                                     foreign_ok=True)
+    name = spec.name or (metadata.domain if metadata else None) or ("base" if located.for_base else f"expert{position}")
     resolved = ResolvedModel(
         name=check_name(str(name)), source=spec.source, path=path, kind=located.kind,
         repo_id=located.repo_id, revision=located.sha, adapter_config=adapter_config, metadata=metadata,

@@ -21,6 +21,7 @@ from merge_proxy import __version__
 from merge_proxy.atomic import atomic_output_dir
 from merge_proxy.chat_template import ChatTemplate, write_chat_template
 from merge_proxy.engine import MergeError, MergeMethod, MergePlan, progress
+from merge_proxy.expert_metadata import EXPERT_METADATA_FILE
 from merge_proxy.mixture import Mixture
 from merge_proxy.naming import read_safetensors_index
 from merge_proxy.safetensors_io import DTYPES as STORAGE
@@ -38,7 +39,7 @@ PROVENANCE_FILE = "merge_proxy.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 _NOT_COPIED = {"README.md", ".gitattributes", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-               "expert.json", PROVENANCE_FILE}
+               EXPERT_METADATA_FILE, PROVENANCE_FILE}
 
 
 @dataclass(frozen=True)

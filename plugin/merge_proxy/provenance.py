@@ -1,8 +1,9 @@
-"""What an expert is: the ``expert:`` block a user writes, and the expert.json merge-proxy publishes.
+"""What an expert is: the ``expert:`` block a user writes, and its expert.json as derived from a
+LLaMA-Factory run (its arguments, its output directory, what the trainer reported).
 
-An expert is only worth sharing with its provenance (base, data, sample counts, LoRA settings), and a
-sweep needs some of it without downloading weights (domain, base, rank). expert.json carries all of
-it with a versioned schema; the card repeats the searchable part as metadata and tags.
+LLaMA-Factory keeps no per-dataset counts after mixing, so they are re-derived here as it loads
+them; the record itself (:class:`~merge_proxy.expert_metadata.ExpertMetadata`) and its JSON live in
+merge_proxy.expert_metadata. The card repeats the searchable part as metadata and tags.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from merge_proxy.errors import ConfigError
+from merge_proxy.expert_metadata import (
+    Artifact, BaseModelRef, DatasetUse, ExpertMetadata, LoraSettings, TrainingSummary,
+)
 from merge_proxy.flags import parse_flag
 from merge_proxy.hub import is_repo_id, looks_like_repo_id
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 EXPERT_TAG = "merge-proxy-expert"
 DOMAIN_TAG_PREFIX = "merge-proxy-domain:"
 _SPEC_KEYS = ("repo_id", "domain", "private", "revision", "tags", "base_model", "push", "artifact")
@@ -38,7 +42,7 @@ class PublishSpec:
     tags: tuple[str, ...] = ()
     base_model: str | None = None
     push: bool = True
-    artifact: Literal["adapter", "full"] | None = None
+    artifact: Artifact | None = None
 
     @classmethod
     def from_block(cls, block: Any, where: str = "expert:") -> PublishSpec:
@@ -78,21 +82,6 @@ def _flag(block: dict[str, Any], key: str, default: bool, where: str) -> bool:
     if value is None:
         raise ConfigError(f"{where} {key} must be true or false, not {block[key]!r}")
     return value
-
-
-@dataclass
-class DatasetUse:
-    """One LLaMA-Factory dataset as it entered mixing (before the validation split)."""
-
-    name: str
-    rows: int | None
-    """Rows LLaMA-Factory loads from it: dataset_info.json's num_samples (a sample of the file, with
-    repetition when larger) else the file's rows, then capped by max_samples. None when the size cannot
-    be read locally (a Hub dataset, streaming)."""
-    hub_id: str | None = None
-    file: str | None = None
-    file_rows: int | None = None
-    """Rows in the local file, whatever was drawn from it."""
 
 
 def _count_rows(path: Path) -> int | None:
@@ -137,7 +126,7 @@ def _rows_loaded(file_rows: int | None, num_samples: Any, args: dict[str, Any]) 
     return rows
 
 
-def estimated_train_samples(uses: list[DatasetUse], args: dict[str, Any]) -> int | None:
+def estimated_train_samples(uses: Sequence[DatasetUse], args: dict[str, Any]) -> int | None:
     """Training examples when no trainer reported them (publishing after the fact): the concatenated rows
     less LLaMA-Factory's validation split; unknown for interleaving, which stops or repeats by chance."""
     if not uses or any(u.rows is None for u in uses) or args.get("mix_strategy", "concat") != "concat":
@@ -148,30 +137,6 @@ def estimated_train_samples(uses: list[DatasetUse], args: dict[str, Any]) -> int
         return total
     held_out = int(val_size) if val_size > 1 else math.ceil(val_size * total)  # datasets' train_test_split
     return max(total - held_out, 0)
-
-
-@dataclass
-class TrainingSummary:
-    """What the trainer reports at the end (from the callback, or trainer_state.json afterwards)."""
-
-    global_steps: int | None = None
-    epochs: float | None = None
-    final_loss: float | None = None
-    """The last logged step loss: None when no step was logged (logging_steps above the steps run)."""
-    train_loss: float | None = None
-    """The trainer's mean loss over the run (its ``train_loss``), known even when no step was logged."""
-    train_runtime_s: float | None = None
-    global_batch_size: int | None = None
-    train_samples: int | None = None
-    """Examples in the training split as the trainer got it (after num_samples, max_samples, mixing and
-    val_size); only a callback running inside training knows it."""
-
-    @property
-    def samples_seen(self) -> int | None:
-        """Training examples drawn (steps x global batch): differs from the rows when epochs != 1."""
-        if self.global_steps is None or self.global_batch_size is None:
-            return None
-        return self.global_steps * self.global_batch_size
 
 
 def summary_from_output_dir(output_dir: Path) -> TrainingSummary:
@@ -204,53 +169,50 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def lora_settings(output_dir: Path) -> dict[str, Any] | None:
+def lora_settings(output_dir: Path) -> LoraSettings | None:
     """r, alpha, dropout and the resolved target modules, from the adapter LLaMA-Factory saved."""
     path = output_dir / "adapter_config.json"
     if not path.is_file():
         return None
     cfg = json.loads(path.read_text(encoding="utf-8"))
     targets = cfg.get("target_modules") or []
-    return {
-        "r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout"),
-        "use_rslora": bool(cfg.get("use_rslora")), "use_dora": bool(cfg.get("use_dora")),
-        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-    }
+    return LoraSettings(
+        r=cfg.get("r"), alpha=cfg.get("lora_alpha"), dropout=cfg.get("lora_dropout"),
+        use_rslora=bool(cfg.get("use_rslora")), use_dora=bool(cfg.get("use_dora")),
+        target_modules=sorted(targets) if isinstance(targets, list) else targets,
+    )
 
 
-def build_expert_json(
+def build_expert_metadata(
     spec: PublishSpec, args: dict[str, Any], output_dir: Path, summary: TrainingSummary, base_model_id: str | None,
-) -> dict[str, Any]:
-    """The versioned expert.json document (no secrets: only LLaMA-Factory's training settings)."""
-    artifact = artifact_kind(output_dir, spec)
-    uses = dataset_uses(args)
-    return {
-        "schema": "merge-proxy/expert",
-        "schema_version": SCHEMA_VERSION,
-        "domain": spec.domain,
-        "artifact": artifact,
-        "base_model": {"id": base_model_id, "path": str(args.get("model_name_or_path")),
-                       "revision": args.get("model_revision") or None},
-        "datasets": [asdict(u) for u in uses],
-        "samples": summary.train_samples if summary.train_samples is not None else estimated_train_samples(uses, args),
-        "mixing": {"mix_strategy": args.get("mix_strategy", "concat"), "interleave_probs": args.get("interleave_probs"),
-                   "max_samples": args.get("max_samples"), "val_size": args.get("val_size")},
-        "finetuning_type": args.get("finetuning_type", "lora"),
-        "lora": lora_settings(output_dir),
-        "template": args.get("template"),
-        "cutoff_len": args.get("cutoff_len"),
-        "learning_rate": args.get("learning_rate"),
-        "lr_scheduler_type": args.get("lr_scheduler_type", "linear"),
-        "warmup_ratio": args.get("warmup_ratio"),
-        "num_train_epochs": args.get("num_train_epochs"),
-        "max_steps": args.get("max_steps"),
-        "training": {**asdict(summary), "samples_seen": summary.samples_seen},
-        "seed": args.get("seed", 42),
-        "versions": _versions(),
-    }
+) -> ExpertMetadata:
+    """The expert.json record of a training run (no secrets: only LLaMA-Factory's training settings)."""
+    uses = tuple(dataset_uses(args))
+    return ExpertMetadata(
+        domain=spec.domain,
+        artifact=artifact_kind(output_dir, spec),
+        base_model=BaseModelRef(id=base_model_id, path=str(args.get("model_name_or_path")),
+                                revision=args.get("model_revision") or None),
+        datasets=uses,
+        samples=summary.train_samples if summary.train_samples is not None else estimated_train_samples(uses, args),
+        mixing={"mix_strategy": args.get("mix_strategy", "concat"), "interleave_probs": args.get("interleave_probs"),
+                "max_samples": args.get("max_samples"), "val_size": args.get("val_size")},
+        finetuning_type=args.get("finetuning_type", "lora"),
+        lora=lora_settings(output_dir),
+        template=args.get("template"),
+        cutoff_len=args.get("cutoff_len"),
+        learning_rate=args.get("learning_rate"),
+        lr_scheduler_type=args.get("lr_scheduler_type", "linear"),
+        warmup_ratio=args.get("warmup_ratio"),
+        num_train_epochs=args.get("num_train_epochs"),
+        max_steps=args.get("max_steps"),
+        training=summary,
+        seed=args.get("seed", 42),
+        versions=_versions(),
+    )
 
 
-def artifact_kind(output_dir: Path, spec: PublishSpec | None = None) -> str:
+def artifact_kind(output_dir: Path, spec: PublishSpec | None = None) -> Artifact:
     detected = "adapter" if (output_dir / "adapter_config.json").is_file() else "full"
     if spec and spec.artifact and spec.artifact != detected:
         raise ConfigError(
@@ -277,16 +239,6 @@ def check_artifact_before_training(spec: PublishSpec, args: dict[str, Any]) -> N
             f"{'an adapter' if expected == 'adapter' else 'a full model'}; set artifact: {expected} "
             f"(or drop it: it is detected), or change finetuning_type"
         )
-
-
-def write_expert_json(output_dir: Path, expert: dict[str, Any]) -> Path:
-    """expert.json beside the training output, written whole or not at all."""
-    from merge_proxy.atomic import atomic_write_text
-    from merge_proxy.experts import EXPERT_METADATA_FILE
-
-    path = Path(output_dir) / EXPERT_METADATA_FILE
-    atomic_write_text(path, json.dumps(expert, indent=2) + "\n")
-    return path
 
 
 def loaded_from_hub(model_name_or_path: str) -> bool:

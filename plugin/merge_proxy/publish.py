@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from merge_proxy.errors import MergeProxyError
-from merge_proxy.experts import EXPERT_METADATA_FILE
+from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, LoraSettings
 from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec, loaded_from_hub
 
@@ -41,8 +41,8 @@ class Publication:
     commit_sha: str
     url: str
     files: tuple[str, ...]
-    expert: dict[str, Any] = field(default_factory=dict, compare=False)
-    """The expert.json document as published (base id filled in), for the caller to keep locally."""
+    expert: ExpertMetadata | None = None
+    """The expert.json record as published (base id filled in), for the caller to keep locally."""
 
 
 def artifact_files(output_dir: Path) -> list[Path]:
@@ -61,11 +61,10 @@ def artifact_files(output_dir: Path) -> list[Path]:
     return files
 
 
-def card_metadata(spec: PublishSpec, expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:
+def card_metadata(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str) -> dict[str, Any]:
     """The card's YAML metadata, as the Hub reads it (base_model, relation, datasets, tags)."""
-    adapter = expert["artifact"] == "adapter"
-    datasets = sorted({d["hub_id"] for d in expert["datasets"] if d.get("hub_id")})
-    lora = expert.get("lora") or {}
+    adapter = expert.artifact == "adapter"
+    datasets = sorted({d.hub_id for d in expert.datasets if d.hub_id})
     meta: dict[str, Any] = {
         "base_model": base_model_id,
         "base_model_relation": "adapter" if adapter else "finetune",
@@ -74,8 +73,8 @@ def card_metadata(spec: PublishSpec, expert: dict[str, Any], base_model_id: str)
         "tags": [EXPERT_TAG, f"{DOMAIN_TAG_PREFIX}{spec.domain}", "llama-factory",
                  *[t for t in spec.tags if t not in (EXPERT_TAG,)]],
         "merge_proxy": {
-            "domain": spec.domain, "kind": "lora" if adapter else "full", "rank": lora.get("r"),
-            "samples": expert.get("samples"), "schema_version": expert["schema_version"],
+            "domain": spec.domain, "kind": "lora" if adapter else "full", "rank": expert.lora.r if expert.lora else None,
+            "samples": expert.samples, "schema_version": expert.schema_version,
         },
     }
     if datasets:
@@ -83,47 +82,43 @@ def card_metadata(spec: PublishSpec, expert: dict[str, Any], base_model_id: str)
     return meta
 
 
-def render_card(spec: PublishSpec, expert: dict[str, Any], base_model_id: str, repo_id: str) -> str:
+def render_card(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from merge_proxy.resources import card_template
 
     meta = card_metadata(spec, expert, base_model_id)
     data = ModelCardData(**meta)
-    training = expert.get("training") or {}
+    training = expert.training
     context = {
         "repo_id": repo_id, "domain": spec.domain, "base_model": base_model_id,
-        "base_revision": (expert.get("base_model") or {}).get("revision"),
-        "artifact_description": "a LoRA adapter" if expert["artifact"] == "adapter" else "a full fine-tune",
-        "finetuning_type": expert.get("finetuning_type"), "lora": _lora_summary(expert.get("lora")),
-        "datasets": [{"name": d["hub_id"] or d["name"], "samples": d["rows"] if d["rows"] is not None else "?"}
-                     for d in expert["datasets"]],
-        "samples": expert.get("samples"), "val_size": (expert.get("mixing") or {}).get("val_size"),
+        "base_revision": expert.base_model.revision,
+        "artifact_description": "a LoRA adapter" if expert.artifact == "adapter" else "a full fine-tune",
+        "finetuning_type": expert.finetuning_type, "lora": _lora_summary(expert.lora),
+        "datasets": [{"name": d.hub_id or d.name, "samples": d.rows if d.rows is not None else "?"}
+                     for d in expert.datasets],
+        "samples": expert.samples, "val_size": expert.mixing.get("val_size"),
         "training": {
-            "steps": training.get("global_steps"), "global_batch_size": training.get("global_batch_size"),
-            "learning_rate": expert.get("learning_rate"), "lr_scheduler": expert.get("lr_scheduler_type"),
-            "final_loss": training.get("final_loss"), "train_loss": training.get("train_loss"),
+            "steps": training.global_steps, "global_batch_size": training.global_batch_size,
+            "learning_rate": expert.learning_rate, "lr_scheduler": expert.lr_scheduler_type,
+            "final_loss": training.final_loss, "train_loss": training.train_loss,
         },
     }
     card = ModelCard.from_template(data, template_str=card_template("expert"), **context)
     return str(card)
 
 
-def _lora_summary(lora: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Targets as layer kinds (q_proj, ...) with a count: full module paths make an unreadable card."""
-    if not lora:
+def _lora_summary(lora: LoraSettings | None) -> dict[str, Any] | None:
+    """The card's LoRA row: the settings, with targets summarised."""
+    if lora is None:
         return None
-    targets = lora.get("target_modules") or []
-    if isinstance(targets, str):
-        return {**lora, "target_modules": [targets]}
-    kinds = sorted({t.rsplit(".", 1)[-1] for t in targets})
-    return {**lora, "target_modules": [f"{', '.join(kinds)} ({len(targets)} modules)"]}
+    return {**asdict(lora), "target_modules": [lora.target_summary]}
 
 
 def publish_expert(
     output_dir: str | Path,
     spec: PublishSpec,
-    expert: dict[str, Any],
+    expert: ExpertMetadata,
     base_model_id: str,
     hub: HubOptions | None = None,
     config: str | Path | None = None,
@@ -144,7 +139,7 @@ def publish_expert(
     retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     expert = _pinned(api, with_base_model_id(expert, base_model_id), retry)
     card = render_card(spec, expert, base_model_id, spec.repo_id)
-    expert_json = json.dumps(expert, indent=2, sort_keys=False) + "\n"
+    expert_json = json.dumps(expert.to_json(), indent=2, sort_keys=False) + "\n"
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
                   if p.name != EXPERT_METADATA_FILE]
     operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
@@ -166,16 +161,16 @@ def publish_expert(
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations), expert)
 
 
-def _pinned(api: Any, expert: dict[str, Any], retry: str) -> dict[str, Any]:
+def _pinned(api: Any, expert: ExpertMetadata, retry: str) -> ExpertMetadata:
     try:
         return pin_base_revision(api, expert)
     except Exception as err:  # noqa: BLE001 - same actionable message as a failed push
-        base = expert["base_model"]
-        raise PublishError(f"cannot resolve the base model {base['path']}@{base.get('revision') or 'main'} to a "
+        base = expert.base_model
+        raise PublishError(f"cannot resolve the base model {base.path}@{base.revision or 'main'} to a "
                            f"commit ({_describe(err)}); check its id and your access to it; {retry}") from err
 
 
-def pin_base_revision(api: Any, expert: dict[str, Any]) -> dict[str, Any]:
+def pin_base_revision(api: Any, expert: ExpertMetadata) -> ExpertMetadata:
     """expert.json's base revision as a commit sha, when it names a branch or tag of a Hub base.
 
     ``merge-proxy train`` pins the base before training (:func:`pin_training_base`), so its experts
@@ -184,13 +179,13 @@ def pin_base_revision(api: Any, expert: dict[str, Any]) -> dict[str, Any]:
     a commit it was never trained on. A base loaded from a local directory has no Hub revision to ask
     for (its Hub id only names it), so publishing such an expert needs no access to the base repo.
     """
-    base = expert.get("base_model") or {}
-    path, revision = str(base.get("path") or ""), base.get("revision")
-    if not loaded_from_hub(path) or base.get("id") != path or not revision or is_commit_sha(revision):
+    base = expert.base_model
+    path, revision = str(base.path or ""), base.revision
+    if not loaded_from_hub(path) or base.id != path or not revision or is_commit_sha(revision):
         return expert
     sha = api.model_info(path, revision=revision).sha
     logger.info("base model %s@%s is commit %s", path, revision, sha)
-    return {**expert, "base_model": {**base, "revision": sha}}
+    return expert.with_base(revision=sha)
 
 
 def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> dict[str, Any]:
@@ -215,14 +210,11 @@ def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> di
     return {**args, "model_revision": sha}
 
 
-def with_base_model_id(expert: dict[str, Any], base_model_id: str) -> dict[str, Any]:
+def with_base_model_id(expert: ExpertMetadata, base_model_id: str) -> ExpertMetadata:
     """expert.json naming the Hub base the card names: the merge engine checks experts against the base
     by expert.json's ``base_model.id`` (and local path), so a base given only later (``publish
     --base-model``) must land there too, or merging the Hub expert onto the Hub base is refused."""
-    base = dict(expert.get("base_model") or {})
-    if base.get("id") == base_model_id:
-        return expert
-    return {**expert, "base_model": {**base, "id": base_model_id}}
+    return expert if expert.base_model.id == base_model_id else expert.with_base(id=base_model_id)
 
 
 def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, config: str | Path | None = None) -> str:

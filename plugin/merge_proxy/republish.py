@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from merge_proxy.errors import ConfigError
-from merge_proxy.experts import EXPERT_METADATA_FILE
+from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, read_expert_metadata, write_expert_metadata
 from merge_proxy.hub import HubOptions, is_repo_id, looks_like_repo_id
 from merge_proxy.jsonfiles import read_json
-from merge_proxy.provenance import (
-    PublishSpec,
-    build_expert_json,
-    resolve_base_model_id,
-    summary_from_output_dir,
-    write_expert_json,
-)
+from merge_proxy.provenance import PublishSpec, build_expert_metadata, resolve_base_model_id, summary_from_output_dir
 from merge_proxy.publish import Publication, publish_expert
 
 logger = logging.getLogger(__name__)
@@ -57,21 +52,17 @@ def publish_directory(
     if not output_dir.is_dir():
         raise ConfigError(f"{output_dir} is not a directory; pass LLaMA-Factory's output_dir")
     existing_path = output_dir / EXPERT_METADATA_FILE
-    existing = read_json(existing_path, "repair it, or delete it and pass --domain and --base-model") \
-        if existing_path.is_file() else None
-    if existing is not None and not isinstance(existing, dict):
-        raise ConfigError(f"{existing_path} is not an expert.json (a JSON object); repair or delete it")
-    domain = domain or (existing or {}).get("domain")
+    existing = read_expert_metadata(existing_path, fix="repair it, or delete it and pass --domain and --base-model")
+    domain = domain or (existing.domain if existing else None)
     if not domain:
         raise ConfigError(f"{output_dir} has no {EXPERT_METADATA_FILE}; pass --domain D (the data domain)")
-    base_model = base_model or ((existing or {}).get("base_model") or {}).get("id")
+    base_model = base_model or (existing.base_model.id if existing else None)
     _check_flags(repo_id, base_model)
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
              "tags": list(tags), "base_model": base_model}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
-    reused = existing is not None
-    if reused:  # its provenance (samples seen, global batch) only the training run knew; relabelled
-        expert = existing if existing.get("domain") == domain else {**existing, "domain": domain}
+    if existing is not None:  # its provenance (samples seen, global batch) only the training run knew; relabelled
+        expert = existing if existing.domain == domain else replace(existing, domain=domain)
         base_id = base_model
         if not base_id:
             raise ConfigError(f"{existing_path} names no Hub base model; pass --base-model ORG/NAME")
@@ -79,13 +70,14 @@ def publish_directory(
         args = _args_from_dir(output_dir, config)
         args["output_dir"] = str(output_dir)
         base_id = resolve_base_model_id(spec, args, fix="pass --base-model ORG/NAME (its Hub id)")
-        expert = build_expert_json(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
+        expert = build_expert_metadata(spec, args, output_dir, summary_from_output_dir(output_dir), base_id)
     publication = publish_expert(output_dir, spec, expert, base_id, hub, config=config)
     # After a successful push the local expert.json says what the Hub's says (the base id given by
     # --base-model, the domain given by --domain), so later merges from the directory pass the same
     # base check and name the expert alike.
-    if reused and publication.expert != existing:
-        logger.info("updated %s to match the published expert.json", write_expert_json(output_dir, publication.expert))
+    if existing is not None and publication.expert is not None and publication.expert != existing:
+        logger.info("updated %s to match the published expert.json",
+                    write_expert_metadata(output_dir, publication.expert))
     return publication
 
 
