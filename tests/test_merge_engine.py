@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -241,14 +242,55 @@ def test_export_dtype_and_card(tmp_path, tiny_vlm, lora_experts):
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
     card = ModelCard.load(tmp_path / "bf16" / "README.md")
-    assert card.data.base_model_relation == "merge"
-    assert card.data.library_name == "transformers"
+    # local base and experts that name no Hub base: no lineage to draw, so no relation either
+    assert (card.data.get("base_model"), card.data.get("base_model_relation")) == (None, None)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
     assert "merge-proxy" in card.data.tags
     for name, weight in LORA_WEIGHTS.items():
         assert f"| `{name}` | {weight:.6g} | lora |" in card.text
     # The base's tokenizer and processor travel with the merge, so lmms-eval can load it.
     for fname in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
         assert (tmp_path / "bf16" / fname).read_bytes() == (tiny_vlm.path / fname).read_bytes()
+
+
+def test_a_merge_from_a_local_base_names_the_hub_base_its_experts_record(tmp_path, tiny_vlm, lora_experts):
+    """A local copy of a published base: the card's lineage comes from the experts' expert.json."""
+    from huggingface_hub import ModelCard
+
+    from merge_proxy.expert_metadata import BaseModelRef, ExpertMetadata, write_expert_metadata
+
+    experts = {}
+    for name in ("a", "b"):
+        experts[name] = shutil.copytree(lora_experts[name], tmp_path / name)
+        write_expert_metadata(experts[name], ExpertMetadata(
+            domain=name, artifact="adapter", base_model=BaseModelRef(id="acme/tiny-vlm", path=str(tiny_vlm.path))))
+    plan = plan_for(tiny_vlm.path, experts)
+    method = MergeMethod()
+    mixture = plan.mixture({"a": 0.5, "b": 0.5}, method)
+    export_full(plan, mixture, method, tmp_path / "full")
+    export_lora(plan, mixture, method, tmp_path / "lora")
+    full, lora = (ModelCard.load(tmp_path / d / "README.md").data for d in ("full", "lora"))
+    assert (full.base_model, full.base_model_relation, full.library_name) == (["acme/tiny-vlm"], "merge", "transformers")
+    assert (lora.base_model, lora.base_model_relation, lora.library_name) == ("acme/tiny-vlm", "adapter", "peft")
+    assert lora.pipeline_tag == full.pipeline_tag == "image-text-to-text" and "lora" in lora.tags
+
+    # experts that disagree on their base name none of them
+    write_expert_metadata(experts["b"], ExpertMetadata(domain="b", artifact="adapter",
+                                                       base_model=BaseModelRef(id="acme/other", path=str(tiny_vlm.path))))
+    export_full(plan_for(tiny_vlm.path, experts), mixture, method, tmp_path / "full2")
+    assert ModelCard.load(tmp_path / "full2" / "README.md").data.get("base_model") is None
+
+
+def test_pipeline_tag_follows_the_models_files(tmp_path, tiny_vlm):
+    from merge_proxy.model_cards import pipeline_tag
+
+    assert pipeline_tag(tiny_vlm.path) == "image-text-to-text"
+    text_only = tmp_path / "llm"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
+    assert pipeline_tag(text_only) == "text-generation"
+    (text_only / "preprocessor_config.json").write_text("{}")  # an adapter dir of a VLM: only its processor says so
+    assert pipeline_tag(text_only) == "image-text-to-text"
 
 
 # --------------------------------------------------------------------------------------------------

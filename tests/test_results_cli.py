@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,12 +164,15 @@ def test_pushed_results_load_with_datasets(tmp_path):
                                        token=hub.token, local_dir=tmp_path / "snap"))
     card = DatasetCard.load(local / "README.md")
     assert "`report/report.md`" in card.text and "`report/analysis.json`" in card.text
+    assert "Merged onto the base model `tester/base`." in card.text
     for config, sweep in (("proxy", proxy), ("truth", truth)):
         expected = Journal(sweep / "journal.jsonl").records()
         ds = datasets.load_dataset(str(local), config, split="train", cache_dir=str(tmp_path / "dscache"))
         assert ds.num_rows == len(expected), config
         assert ds["mixture_id"] == [r.mixture_id for r in expected]
         assert ds["score"] == [r.score for r in expected]
+    assert card.data.pretty_name == json.loads((local / "report" / "analysis.json").read_text())["title"]
+    assert card.data.size_categories == ["n<1K"]
 
 
 def test_a_second_push_replaces_the_first_entirely(tmp_path):

@@ -51,6 +51,7 @@ def hub(tmp_path):
 
 def test_train_publishes_one_commit_with_card_and_provenance(tmp_path, tiny_vlm, domains, hub):
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
+    from peft import PeftConfig
 
     env = hub.client_env(hf_home=tmp_path / "hf-home")
     out = tmp_path / "color-expert"
@@ -67,17 +68,26 @@ def test_train_publishes_one_commit_with_card_and_provenance(tmp_path, tiny_vlm,
     published = {s.rfilename for s in info.siblings} - {".gitattributes"}
     local = {p.name for p in out.iterdir() if p.is_file()} - {"README.md", "training_args.bin"}
     assert published == local | {"README.md"}
-    for name in local:  # byte-identical to what LLaMA-Factory (and our callback) wrote
+    for name in local - {"adapter_config.json"}:  # byte-identical to what LLaMA-Factory (and our callback) wrote
         fetched = hf_hub_download("tester/color-expert", name, endpoint=hub.endpoint, token=hub.token,
                                   cache_dir=tmp_path / "c")
         assert sha(Path(fetched)) == sha(out / name), name
+    # The adapter names its Hub base, not the local path it was trained from (PEFT loads the base from
+    # there); the local file is left as LLaMA-Factory wrote it.
+    config = PeftConfig.from_pretrained(str(Path(hf_hub_download(
+        "tester/color-expert", "adapter_config.json", endpoint=hub.endpoint, token=hub.token, cache_dir=tmp_path / "c",
+    )).parent))
+    local_config = json.loads((out / "adapter_config.json").read_text())
+    assert local_config["base_model_name_or_path"] == str(tiny_vlm.path)
+    assert (config.base_model_name_or_path, config.r, sorted(config.target_modules)) == \
+        (BASE_ID, local_config["r"], sorted(local_config["target_modules"]))
 
     card = ModelCard.load(hf_hub_download("tester/color-expert", "README.md", endpoint=hub.endpoint,
                                           token=hub.token, cache_dir=tmp_path / "c"))
     assert card.data.base_model == BASE_ID
     assert card.data.base_model_relation == "adapter"
-    assert card.data.library_name == "peft"
-    assert {"merge-proxy-expert", "merge-proxy-domain:color", "llama-factory", "synthetic"} <= set(card.data.tags)
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "image-text-to-text"
+    assert {"merge-proxy-expert", "merge-proxy-domain:color", "llama-factory", "lora", "synthetic"} <= set(card.data.tags)
     assert f"base_model:adapter:{BASE_ID}" in info.tags
     assert hub.token not in card.content
 

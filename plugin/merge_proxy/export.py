@@ -72,14 +72,20 @@ def _card(plan: MergePlan, record: dict, fmt: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from merge_proxy.hub import looks_like_repo_id
+    from merge_proxy.model_cards import hub_base_id, pipeline_tag
     from merge_proxy.resources import card_template
 
-    hub_ids = [m.repo_id for m in (plan.base, *plan.experts) if m.repo_id and looks_like_repo_id(m.repo_id)]
+    base_id = hub_base_id(plan.base, plan.experts)
+    expert_ids = [e.repo_id for e in plan.experts if e.repo_id and looks_like_repo_id(e.repo_id)]
+    # The Hub draws the model tree from base_model: an adapter descends from the base, a merge from
+    # the base and the experts merged into it; a relation that names no model is left out.
+    lineage = base_id if fmt == "lora" else [i for i in (base_id, *expert_ids) if i] or None
     data = ModelCardData(
-        base_model=(plan.base.repo_id if fmt == "lora" else hub_ids) or None,
-        base_model_relation="adapter" if fmt == "lora" else "merge",
+        base_model=lineage,
+        base_model_relation=("adapter" if fmt == "lora" else "merge") if lineage else None,
         library_name="peft" if fmt == "lora" else "transformers",
-        tags=["merge-proxy", "merge", "merge-proxy-proxy"],
+        pipeline_tag=pipeline_tag(plan.base.path),
+        tags=["merge-proxy", "merge", "merge-proxy-proxy", *(["lora"] if fmt == "lora" else [])],
     )
     card = ModelCard.from_template(data, template_str=card_template("merged"), record=record, fmt=fmt)
     return str(card)

@@ -21,6 +21,8 @@ from typing import Any
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, LoraSettings
 from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
+from merge_proxy.jsonfiles import read_json
+from merge_proxy.model_cards import VISION_PIPELINE, pipeline_tag
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec, loaded_from_hub
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,9 @@ def artifact_files(output_dir: Path) -> list[Path]:
     return files
 
 
-def card_metadata(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str) -> dict[str, Any]:
+def card_metadata(
+    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, pipeline: str = VISION_PIPELINE,
+) -> dict[str, Any]:
     """The card's YAML metadata, as the Hub reads it (base_model, relation, datasets, tags)."""
     adapter = expert.artifact == "adapter"
     datasets = sorted({d.hub_id for d in expert.datasets if d.hub_id})
@@ -69,8 +73,8 @@ def card_metadata(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str)
         "base_model": base_model_id,
         "base_model_relation": "adapter" if adapter else "finetune",
         "library_name": "peft" if adapter else "transformers",
-        "pipeline_tag": "image-text-to-text",
-        "tags": [EXPERT_TAG, f"{DOMAIN_TAG_PREFIX}{spec.domain}", "llama-factory",
+        "pipeline_tag": pipeline,
+        "tags": [EXPERT_TAG, f"{DOMAIN_TAG_PREFIX}{spec.domain}", "llama-factory", *(["lora"] if adapter else []),
                  *[t for t in spec.tags if t not in (EXPERT_TAG,)]],
         "merge_proxy": {
             "domain": spec.domain, "kind": "lora" if adapter else "full", "rank": expert.lora.r if expert.lora else None,
@@ -82,12 +86,14 @@ def card_metadata(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str)
     return meta
 
 
-def render_card(spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str) -> str:
+def render_card(
+    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str, pipeline: str = VISION_PIPELINE,
+) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from merge_proxy.resources import card_template
 
-    meta = card_metadata(spec, expert, base_model_id)
+    meta = card_metadata(spec, expert, base_model_id, pipeline)
     data = ModelCardData(**meta)
     training = expert.training
     context = {
@@ -138,9 +144,9 @@ def publish_expert(
     api = hub.api()
     retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     expert = _pinned(api, with_base_model_id(expert, base_model_id), retry)
-    card = render_card(spec, expert, base_model_id, spec.repo_id)
+    card = render_card(spec, expert, base_model_id, spec.repo_id, pipeline_tag(output_dir))
     expert_json = json.dumps(expert.to_json(), indent=2, sort_keys=False) + "\n"
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_published(p, expert)) for p in files
                   if p.name != EXPERT_METADATA_FILE]
     operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
@@ -159,6 +165,23 @@ def publish_expert(
         raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations), expert)
+
+
+def _published(path: Path, expert: ExpertMetadata) -> str | bytes:
+    """A file as the Hub gets it: as saved, except adapter_config.json, which names the Hub base (and
+    the commit trained on) instead of the local path training loaded it from: PEFT's AutoPeftModel and
+    the Hub's "Use this model" load the base from there, and a path on the trainer's disk loads nowhere
+    else. The local file is left as LLaMA-Factory wrote it."""
+    if path.name != "adapter_config.json":
+        return str(path)
+    config = read_json(path, "save the adapter again (PEFT's save_pretrained)", PublishError)
+    if not isinstance(config, dict):
+        raise PublishError(f"{path} is not a PEFT adapter config (a JSON object); save the adapter again")
+    base = expert.base_model
+    config["base_model_name_or_path"] = base.id
+    if is_commit_sha(base.revision):
+        config["revision"] = base.revision
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _pinned(api: Any, expert: ExpertMetadata, retry: str) -> ExpertMetadata:

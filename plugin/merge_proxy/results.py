@@ -40,6 +40,17 @@ RESULTS_TAGS = ("merge-proxy", "merge-proxy-results", "data-mixture")
 PROXY_CONFIG = {"config_name": "proxy", "data_files": [{"split": "train", "path": "journal.jsonl"}],
                 "default": True}
 TRUTH_CONFIG = {"config_name": "truth", "data_files": [{"split": "train", "path": "truth.jsonl"}]}
+# (No config for report/ranking.csv: `datasets` builds every config of a repo with one builder, the
+# JSON one of the journals, so a CSV config fails to load.)
+
+#: The Hub's size categories (datasetcard.md), by upper bound on rows (the proxy journal's).
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"))
+
+
+def size_category(rows: int) -> str:
+    """The Hub's ``size_categories`` value for a dataset of ``rows`` rows."""
+    return next((name for bound, name in _SIZE_CATEGORIES if rows < bound), "10M<n<100M")
 
 
 @dataclass(frozen=True)
@@ -202,8 +213,9 @@ def push_results(results: str | Path, repo_id: str, truth: str | Path | None = N
         context["recipe"] = inputs.recipe.read_text(encoding="utf-8").strip() if inputs.recipe else None
         context.update(has_truth=truth_journal is not None, repo_id=repo_id)
         configs = [PROXY_CONFIG] + ([TRUTH_CONFIG] if truth_journal is not None else [])
-        card = DatasetCard.from_template(DatasetCardData(tags=list(RESULTS_TAGS), configs=configs),
-                                         template_str=card_template("result"), **context)
+        card_data = DatasetCardData(pretty_name=context["title"], tags=list(RESULTS_TAGS), configs=configs,
+                                    size_categories=[size_category(len(records))])
+        card = DatasetCard.from_template(card_data, template_str=card_template("result"), **context)
         ops = [CommitOperationAdd(JOURNAL_FILE, str(journal_copy)),
                CommitOperationAdd("README.md", str(card).encode())]
         if truth_journal is not None:
