@@ -259,12 +259,14 @@ def test_a_merge_from_a_local_base_names_the_hub_base_its_experts_record(tmp_pat
 
     from merge_proxy.expert_metadata import BaseModelRef, ExpertMetadata, write_expert_metadata
 
+    base = shutil.copytree(tiny_vlm.path, tmp_path / "base")  # a local copy, with the base's card
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny base\n")
     experts = {}
     for name in ("a", "b"):
         experts[name] = shutil.copytree(lora_experts[name], tmp_path / name)
         write_expert_metadata(experts[name], ExpertMetadata(
-            domain=name, artifact="adapter", base_model=BaseModelRef(id="acme/tiny-vlm", path=str(tiny_vlm.path))))
-    plan = plan_for(tiny_vlm.path, experts)
+            domain=name, artifact="adapter", base_model=BaseModelRef(id="acme/tiny-vlm", path=str(base))))
+    plan = plan_for(base, experts)
     method = MergeMethod()
     mixture = plan.mixture({"a": 0.5, "b": 0.5}, method)
     export_full(plan, mixture, method, tmp_path / "full")
@@ -273,11 +275,12 @@ def test_a_merge_from_a_local_base_names_the_hub_base_its_experts_record(tmp_pat
     assert (full.base_model, full.base_model_relation, full.library_name) == (["acme/tiny-vlm"], "merge", "transformers")
     assert (lora.base_model, lora.base_model_relation, lora.library_name) == ("acme/tiny-vlm", "adapter", "peft")
     assert lora.pipeline_tag == full.pipeline_tag == "image-text-to-text" and "lora" in lora.tags
+    assert lora.license == full.license == "apache-2.0"  # a merge is bound by its base's license
 
     # experts that disagree on their base name none of them
     write_expert_metadata(experts["b"], ExpertMetadata(domain="b", artifact="adapter",
-                                                       base_model=BaseModelRef(id="acme/other", path=str(tiny_vlm.path))))
-    export_full(plan_for(tiny_vlm.path, experts), mixture, method, tmp_path / "full2")
+                                                       base_model=BaseModelRef(id="acme/other", path=str(base))))
+    export_full(plan_for(base, experts), mixture, method, tmp_path / "full2")
     assert ModelCard.load(tmp_path / "full2" / "README.md").data.get("base_model") is None
 
 

@@ -168,3 +168,32 @@ def test_the_card_says_when_no_step_loss_was_logged():
                             training=TrainingSummary(global_steps=4, final_loss=None, train_loss=7.29412))
     card = render_card(PublishSpec(domain="color", repo_id="tester/x"), expert, "org/base", "tester/x")
     assert "final loss not logged (mean over the run 7.294) |" in card
+
+
+def test_an_expert_card_carries_its_base_models_license_unless_told_another(tmp_path, hub_api, hub, tiny_vlm,
+                                                                            lora_experts):
+    """A fine-tune is bound by its base's license: the card copies it from the base's card on the Hub
+    (all three fields of an ``other`` license); --license (expert: license:) overrides it."""
+    from huggingface_hub import ModelCard
+
+    hub_api.create_repo(BASE_ID)
+    hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path)
+    hub_api.upload_file(repo_id=BASE_ID, path_in_repo="README.md", path_or_fileobj=(
+        b"---\nlicense: other\nlicense_name: tiny-research\nlicense_link: https://example.org/LICENSE\n---\n# base\n"))
+    out = tmp_path / "expert"
+    shutil.copytree(lora_experts["a"], out)
+
+    def card(repo: str) -> dict:
+        return ModelCard.load(hub_api.hf_hub_download(repo, "README.md", cache_dir=tmp_path / "c")).data.to_dict()
+
+    publish_directory(out, repo_id="tester/inherits", domain="color", base_model=BASE_ID, hub=hub)
+    inherited = card("tester/inherits")
+    assert (inherited["license"], inherited["license_name"], inherited["license_link"]) == \
+        ("other", "tiny-research", "https://example.org/LICENSE")
+    publish_directory(out, repo_id="tester/told", domain="color", base_model=BASE_ID, license="mit", hub=hub)
+    told = card("tester/told")
+    assert told["license"] == "mit" and "license_name" not in told
+
+    # a base the Hub cannot show (here: none by that id) leaves the card without a license, not unpublished
+    publish_directory(out, repo_id="tester/unknown", domain="color", base_model="tester/no-such-base", hub=hub)
+    assert "license" not in card("tester/unknown")

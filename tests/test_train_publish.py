@@ -135,7 +135,7 @@ def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, dom
     # The emulator is stopped: the push must fail after training, with the outputs intact.
     out = tmp_path / "shape-expert"
     expert = {"domain": "color", "repo_id": "tester/color-expert", "base_model": BASE_ID,
-              "tags": ["paper-reproduction"], "private": False, "revision": "r16-run2"}
+              "tags": ["paper-reproduction"], "private": False, "revision": "r16-run2", "license": "cc-by-4.0"}
     proc = cli("train", str(write_config(tmp_path, tiny_vlm, domains, out, expert)), env=env)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -153,7 +153,7 @@ def test_failed_push_keeps_outputs_then_publish_succeeds(tmp_path, tiny_vlm, dom
         assert [c.title for c in commits][0] == "merge-proxy expert: color"
         info = api.model_info("tester/color-expert", revision="r16-run2")
         assert info.private is False  # the YAML said private: false
-        assert {"merge-proxy-domain:color", "paper-reproduction"} <= set(info.tags)
+        assert {"merge-proxy-domain:color", "paper-reproduction", "license:cc-by-4.0"} <= set(info.tags)
         assert "expert.json" not in api.list_repo_files("tester/color-expert")  # main untouched
         assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
         # a domain relabelled at publication: the same provenance under the new name, here and there
@@ -231,6 +231,7 @@ def test_torchrun_two_cpu_processes_make_exactly_one_commit(tmp_path, tiny_vlm, 
         ({"domain": "color", "push": False, "artifact": "full"}, "artifact: full contradicts finetuning_type: lora"),
         ({"domain": "color", "repo_id": "tester/x", "push": "nope"}, "expert: push must be true or false, not 'nope'"),
         ({"domain": "color", "push": False, "private": 2}, "expert: private must be true or false, not 2"),
+        ({"domain": "color", "push": False, "license": 3}, "expert: license must be a Hub license id such as apache-2.0"),
     ],
 )
 def test_expert_block_errors_before_training(tmp_path, tiny_vlm, domains, expert, message):

@@ -31,8 +31,9 @@ Kind = Literal["lora", "full"]
 _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", EXPERT_METADATA_FILE)
 _FULL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", EXPERT_METADATA_FILE)
 _PICKLE_FILES = ("adapter_model.bin",)
-#: A base model also needs what makes the export loadable: tokenizer, processor, chat template.
-_BASE_EXTRA = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
+#: A base model also needs what makes the export loadable (tokenizer, processor, chat template) and
+#: its card, whose license a merge inherits.
+_BASE_EXTRA = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py", "README.md")
 #: JSON files that are training logs, not part of a model (LLaMA-Factory and the Trainer write them).
 _TRAINING_LOGS = ("trainer_state.json", "all_results.json", "train_results.json", "eval_results.json")
 

@@ -72,7 +72,7 @@ def _card(plan: MergePlan, record: dict, fmt: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from merge_proxy.hub import looks_like_repo_id
-    from merge_proxy.model_cards import hub_base_id, pipeline_tag
+    from merge_proxy.model_cards import card_license, hub_base_id, pipeline_tag
     from merge_proxy.resources import card_template
 
     base_id = hub_base_id(plan.base, plan.experts)
@@ -86,6 +86,7 @@ def _card(plan: MergePlan, record: dict, fmt: str) -> str:
         library_name="peft" if fmt == "lora" else "transformers",
         pipeline_tag=pipeline_tag(plan.base.path),
         tags=["merge-proxy", "merge", "merge-proxy-proxy", *(["lora"] if fmt == "lora" else [])],
+        **card_license(plan.base.path),
     )
     card = ModelCard.from_template(data, template_str=card_template("merged"), record=record, fmt=fmt)
     return str(card)

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 EXPERT_TAG = "merge-proxy-expert"
 DOMAIN_TAG_PREFIX = "merge-proxy-domain:"
-_SPEC_KEYS = ("repo_id", "domain", "private", "revision", "tags", "base_model", "push", "artifact")
+_SPEC_KEYS = ("repo_id", "domain", "private", "revision", "tags", "base_model", "push", "artifact", "license")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class PublishSpec:
     base_model: str | None = None
     push: bool = True
     artifact: Artifact | None = None
+    license: str | None = None
+    """The card's license (a Hub license id such as apache-2.0); by default the base model's."""
 
     @classmethod
     def from_block(cls, block: Any, where: str = "expert:") -> PublishSpec:
@@ -69,10 +71,13 @@ class PublishSpec:
         base_model = block.get("base_model")
         if base_model and not looks_like_repo_id(str(base_model)):
             raise ConfigError(f"{where} base_model must be a Hub id (ORG/NAME), not {base_model!r}")
+        license_id = block.get("license")
+        if license_id is not None and (not isinstance(license_id, str) or not license_id.strip()):
+            raise ConfigError(f"{where} license must be a Hub license id such as apache-2.0, not {license_id!r}")
         return cls(
             domain=check_name(str(block["domain"]), "domain"), repo_id=repo_id, private=_flag(block, "private", True, where),
             revision=block.get("revision"), tags=tuple(str(t) for t in tags), base_model=base_model, push=push,
-            artifact=artifact,
+            artifact=artifact, license=license_id.strip() if license_id else None,
         )
 
 

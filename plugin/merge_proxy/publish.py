@@ -22,7 +22,7 @@ from merge_proxy.errors import MergeProxyError
 from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, LoraSettings
 from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
 from merge_proxy.jsonfiles import read_json
-from merge_proxy.model_cards import VISION_PIPELINE, pipeline_tag
+from merge_proxy.model_cards import VISION_PIPELINE, base_license, pipeline_tag
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec, loaded_from_hub
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def artifact_files(output_dir: Path) -> list[Path]:
 
 def card_metadata(
     spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, pipeline: str = VISION_PIPELINE,
+    license_fields: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The card's YAML metadata, as the Hub reads it (base_model, relation, datasets, tags)."""
     adapter = expert.artifact == "adapter"
@@ -83,17 +84,19 @@ def card_metadata(
     }
     if datasets:
         meta["datasets"] = datasets
+    meta.update({"license": spec.license} if spec.license else license_fields or {})
     return meta
 
 
 def render_card(
     spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str, pipeline: str = VISION_PIPELINE,
+    license_fields: dict[str, str] | None = None,
 ) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from merge_proxy.resources import card_template
 
-    meta = card_metadata(spec, expert, base_model_id, pipeline)
+    meta = card_metadata(spec, expert, base_model_id, pipeline, license_fields)
     data = ModelCardData(**meta)
     training = expert.training
     context = {
@@ -144,7 +147,8 @@ def publish_expert(
     api = hub.api()
     retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     expert = _pinned(api, with_base_model_id(expert, base_model_id), retry)
-    card = render_card(spec, expert, base_model_id, spec.repo_id, pipeline_tag(output_dir))
+    licensed = {} if spec.license else base_license(expert.base_model, hub)
+    card = render_card(spec, expert, base_model_id, spec.repo_id, pipeline_tag(output_dir), licensed)
     expert_json = json.dumps(expert.to_json(), indent=2, sort_keys=False) + "\n"
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_published(p, expert)) for p in files
                   if p.name != EXPERT_METADATA_FILE]
@@ -254,6 +258,8 @@ def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, confi
         args.append("--public")
     for tag in spec.tags:
         args += ["--tag", tag]
+    if spec.license:
+        args += ["--license", spec.license]
     return shlex.join(args)
 
 

@@ -45,6 +45,7 @@ def publish_directory(
     private: bool = True,
     revision: str | None = None,
     tags: Sequence[str] = (),
+    license: str | None = None,
     hub: HubOptions | None = None,
 ) -> Publication:
     """Publish ``output_dir`` as an expert, reusing its expert.json when present."""
@@ -59,7 +60,7 @@ def publish_directory(
     base_model = base_model or (existing.base_model.id if existing else None)
     _check_flags(repo_id, base_model)
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
-             "tags": list(tags), "base_model": base_model}
+             "tags": list(tags), "base_model": base_model, "license": license}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
     if existing is not None:  # its provenance (samples seen, global batch) only the training run knew; relabelled
         expert = existing if existing.domain == domain else replace(existing, domain=domain)

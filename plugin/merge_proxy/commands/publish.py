@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "repo keeps its visibility)")
     p.add_argument("--revision", help="branch to publish to, created from main if missing (default: main)")
     p.add_argument("--tag", action="append", default=[], help="extra card tag (repeatable)")
+    p.add_argument("--license", help="the card's license, a Hub license id such as apache-2.0 (default: the base "
+                   "model's, read from its card)")
     p.set_defaults(handler=run)
 
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     publication = publish_directory(
         args.dir, repo_id=args.repo, domain=args.domain, base_model=args.base_model, config=args.config,
-        private=not args.public, revision=args.revision, tags=args.tag,
+        private=not args.public, revision=args.revision, tags=args.tag, license=args.license,
     )
     print(f"{publication.url} ({len(publication.files)} files, commit {publication.commit_sha})")
     return 0
