@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.merge-proxy-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test demo benchmark check-ranges clean
 
 install: $(STAMP)
 
@@ -54,6 +54,25 @@ demo: install
 
 benchmark: install
 	$(PY) benchmarks/merge_speed.py
+
+# What users get: the wheel with setup.cfg's ranges (not constraints.txt) in a fresh venv, the pairs
+# pip picks printed, torch's companions loaded, then the demo. Not part of `make test` (a second stack
+# of about 7 GB, about 10 minutes); run it when a range or a release of the stack changes.
+RANGES_VENV ?= /tmp/merge-proxy-ranges
+check-ranges: install
+	rm -rf $(RANGES_VENV)
+	$(PYTHON) -m venv $(RANGES_VENV)
+	$(PY) -m pip wheel --no-deps --no-build-isolation --quiet -w $(RANGES_VENV)/dist .
+	mkdir -p $(RANGES_VENV)/.pip-tmp
+	TMPDIR=$(RANGES_VENV)/.pip-tmp $(RANGES_VENV)/bin/python -m pip install --quiet --no-cache-dir --upgrade pip
+	TMPDIR=$(RANGES_VENV)/.pip-tmp $(RANGES_VENV)/bin/python -m pip install --quiet --no-cache-dir \
+	  "$$(ls $(RANGES_VENV)/dist/merge_proxy-*.whl)[llamafactory,lmms-eval]"
+	rm -rf $(RANGES_VENV)/.pip-tmp
+	$(RANGES_VENV)/bin/python -c "import importlib.metadata as m; \
+	  print(*(f'{p} {m.version(p)}' for p in ('torch', 'torchvision', 'torchaudio', 'transformers', 'peft', \
+	  'accelerate', 'huggingface_hub', 'datasets', 'trl', 'llamafactory', 'lmms_eval')), sep='\n'); \
+	  import torch, torchvision, torchaudio, llamafactory.data.mm_plugin, lmms_eval"
+	cd $(RANGES_VENV) && bin/merge-proxy demo --scale small --out demo-out
 
 clean:
 	rm -rf build dist plugin/*.egg-info .pytest_cache

@@ -53,8 +53,12 @@ def test_demo_runs_end_to_end_and_recommends_a_mixture(tmp_path):
                 time.sleep(0.2)
         from huggingface_hub import HfApi
 
-        info = HfApi(endpoint=endpoint, token="hf_test_tester_token").dataset_info("tester/tiny-mixture-search")
+        api = HfApi(endpoint=endpoint, token="hf_test_tester_token")
+        info = api.dataset_info("tester/tiny-mixture-search")
         assert info.sha == url.rsplit("/", 1)[1]
+        expert = api.model_info("tester/tiny-qwen2-vl-color-expert")  # the card's metadata, as the Hub indexes it
+        assert {"license:apache-2.0", "lora", "base_model:adapter:tester/tiny-qwen2-vl"} <= set(expert.tags)
+        assert expert.pipeline_tag == "image-text-to-text"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import venv
+import zipfile
+from configparser import ConfigParser
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,8 @@ def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
     assert built.returncode == 0, built.stderr
     wheels = list(wheel_dir.glob("merge_proxy-*.whl"))
     assert len(wheels) == 1
+    with zipfile.ZipFile(wheels[0]) as whl:  # the license the metadata declares travels with the code
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())
 
     env_dir = tmp_path / "fresh-venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
@@ -101,6 +105,34 @@ def test_non_editable_install_finds_recipes_and_cards(tmp_path: Path):
     # the lmms-eval tasks of the paper recipes: YAML files beside the module their !function entries load
     shipped = sorted(p.name for p in (REPO_ROOT / "plugin" / "merge_proxy" / "tasks").iterdir() if p.suffix in (".yaml", ".py"))
     assert lines[5] == str(shipped) and "cv_bench_2d_count.yaml" in shipped and "paper_metrics.py" in shipped
+
+
+def test_the_pinned_stack_is_inside_the_ranges_users_get():
+    """CI tests constraints.txt; users install setup.cfg's ranges: a pin outside them is a stack no
+    user gets, and a range that excludes what CI tests is untested."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            pins[canonicalize_name(name)] = version.split("#", 1)[0].strip()
+    cfg = ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    declared = [cfg["options"]["install_requires"]] + [v for k, v in cfg["options.extras_require"].items() if k != "vllm"]
+    checked = []
+    for block in declared:
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            req = Requirement(line)
+            pinned = pins.get(canonicalize_name(req.name))
+            if pinned is not None:
+                assert req.specifier.contains(pinned, prereleases=True), f"{req} excludes the pinned {pinned}"
+                checked.append(req.name)
+    assert {"torch", "torchaudio", "transformers", "peft", "llamafactory", "lmms-eval"} <= set(checked)
 
 
 def test_readme_links_to_files_that_exist():

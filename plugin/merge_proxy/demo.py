@@ -181,7 +181,8 @@ def run_demo(out_dir: Path, seed: int = 0, scale: str = "default", endpoint: str
                                      out / "experts" / domain, max_steps=size.expert_steps, seed=seed,
                                      learning_rate=1e-2)
             config["expert"] = {"domain": domain, "repo_id": f"{user}/tiny-qwen2-vl-{domain}-expert",
-                                "base_model": base_id, "private": True}
+                                "base_model": base_id, "private": True,
+                                "license": "apache-2.0"}  # the tiny base is ours (no Hub card to inherit one from)
             cfg = _write_yaml(out / "configs" / f"expert-{domain}.yaml", config)
             _run([*_command("merge-proxy"), "train", str(cfg)], out / "logs" / f"train-{domain}.log", env,
                  f"merge-proxy train ({domain})")

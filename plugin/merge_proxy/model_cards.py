@@ -92,8 +92,9 @@ def base_license(base: BaseModelRef, hub: HubOptions) -> dict[str, str]:
         revision = base.revision if is_commit_sha(base.revision) else None
         info = hub.api().model_info(base.id, revision=revision)
     except Exception as err:  # noqa: BLE001 - the expert is still publishable; say what is missing
+        first_line = str(err).splitlines()[0] if str(err) else ""
         logger.warning("could not read the license of %s from the Hub (%s: %s); the card states none: "
-                       "set expert: license: (or --license)", base.id, type(err).__name__, str(err)[:200])
+                       "set expert: license: (or --license)", base.id, type(err).__name__, first_line[:200])
         return {}
     return _license_fields(info.card_data.to_dict() if info.card_data else {})
 
