@@ -70,10 +70,16 @@ def test_keys_a_later_release_adds_survive_a_relabel(tmp_path, hub_emulator, lor
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"schema_version": 2}, "has schema_version 2; this merge-proxy reads up to 1: upgrade merge-proxy"),
+    ({"schema_version": True}, "(schema_version True, expected a positive integer)"),
     ({"domain": None}, "is not a merge-proxy expert.json (no domain); re-publish"),
-    ({"artifact": "gguf"}, "(artifact 'gguf', expected adapter or full)"),
-    ({"datasets": {"name": "x"}}, "(datasets is dict, expected a list)"),
+    ({"artifact": "gguf"}, '(artifact is a string "gguf", expected adapter or full)'),
+    ({"datasets": {"name": "x"}}, "(datasets is an object, expected a list)"),
+    ({"datasets": [{"name": "x", "rows": "12"}]}, '(datasets.0.rows is a string "12", expected an integer or null)'),
     ({"schema": "other/thing"}, "(schema 'other/thing', expected 'merge-proxy/expert')"),
+    ({"base_model": {"id": 5}}, "(base_model.id is a number 5, expected a string or null)"),
+    ({"lora": {"r": 8, "target_modules": 7}}, "(lora.target_modules is a number 7, expected a list of strings or a string or null)"),
+    ({"training": {"global_steps": "100"}}, '(training.global_steps is a string "100", expected an integer or null)'),
+    ({"training": {"train_loss": True}}, "(training.train_loss is a boolean true, expected a number or null)"),
 ])
 def test_a_damaged_document_names_the_field_and_the_fix(tmp_path, change, message):
     path = tmp_path / EXPERT_METADATA_FILE
@@ -97,3 +103,31 @@ def test_another_tools_expert_json_does_not_break_a_merge_but_ours_damaged_does(
         resolve(ExpertSpec.parse(str(out)))
     (out / EXPERT_METADATA_FILE).write_text(json.dumps(PUBLISHED))
     assert resolve(ExpertSpec.parse(str(out))).name == "shape"  # named by its domain
+    # a later release's document: a merge reads what it knows (publishing would refuse to rewrite it)
+    (out / EXPERT_METADATA_FILE).write_text(json.dumps({**PUBLISHED, "schema_version": 2}))
+    with caplog.at_level(logging.WARNING, logger="merge_proxy.expert_metadata"):
+        assert resolve(ExpertSpec.parse(str(out))).metadata.base_model.id == "tester/tiny-qwen2-vl"
+    assert "written by a newer merge-proxy (schema_version 2); read as version 1" in caplog.text
+
+
+def test_unknown_keys_inside_records_survive_a_rewrite(tmp_path):
+    """A later release may add keys inside base_model, training or a dataset, or a top-level key that
+    happens to be called extra: none is lost when this release rewrites the document."""
+    later = json.loads(json.dumps(PUBLISHED))
+    later["base_model"]["sha256"] = "abc"
+    later["training"]["eval_loss"] = 0.5
+    later["datasets"][0]["license"] = "cc-by-4.0"
+    later["extra"] = {"note": 1}
+    record = ExpertMetadata.from_json(later, "expert.json")
+    assert record.to_json() == later
+    assert record.with_base(id="tester/other").to_json()["base_model"]["sha256"] == "abc"
+
+
+def test_a_license_is_written_only_when_given():
+    """Documents before the field read and write unchanged; one given travels with the record."""
+    from dataclasses import replace
+
+    record = ExpertMetadata.from_json(PUBLISHED, "expert.json")
+    assert record.license is None and "license" not in record.to_json()
+    licensed = ExpertMetadata.from_json(replace(record, license="mit").to_json(), "expert.json")
+    assert licensed.license == "mit" and list(licensed.to_json())[-1] == "license"

@@ -260,7 +260,7 @@ def test_a_merge_from_a_local_base_names_the_hub_base_its_experts_record(tmp_pat
     from merge_proxy.expert_metadata import BaseModelRef, ExpertMetadata, write_expert_metadata
 
     base = shutil.copytree(tiny_vlm.path, tmp_path / "base")  # a local copy, with the base's card
-    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny base\n")
+    (base / "README.md").write_text("---\nlicense: other\nlicense_name: tiny\nlicense_link: LICENSE\n---\n# tiny base\n")
     experts = {}
     for name in ("a", "b"):
         experts[name] = shutil.copytree(lora_experts[name], tmp_path / name)
@@ -275,7 +275,8 @@ def test_a_merge_from_a_local_base_names_the_hub_base_its_experts_record(tmp_pat
     assert (full.base_model, full.base_model_relation, full.library_name) == (["acme/tiny-vlm"], "merge", "transformers")
     assert (lora.base_model, lora.base_model_relation, lora.library_name) == ("acme/tiny-vlm", "adapter", "peft")
     assert lora.pipeline_tag == full.pipeline_tag == "image-text-to-text" and "lora" in lora.tags
-    assert lora.license == full.license == "apache-2.0"  # a merge is bound by its base's license
+    assert lora.license == full.license == "other"  # a merge is bound by its base's license
+    assert full.license_link.endswith("/acme/tiny-vlm/blob/main/LICENSE")  # in the base's repo, not ours
 
     # experts that disagree on their base name none of them
     write_expert_metadata(experts["b"], ExpertMetadata(domain="b", artifact="adapter",

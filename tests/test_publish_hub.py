@@ -124,6 +124,15 @@ def test_a_hub_base_is_pinned_to_the_commit_of_its_branch(tmp_path, hub_api, hub
     assert json.loads((out / "expert.json").read_text())["base_model"]["revision"] == trained_on
     card = Path(hub_api.hf_hub_download("tester/pinned", "README.md", cache_dir=tmp_path / "c")).read_text()
     assert trained_on in card
+    # PEFT (AutoPeftModel, the Hub's "Use this model") loads the base from the adapter config: the Hub
+    # id at the commit trained on, not the trainer's path; the local file stays as PEFT saved it
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(Path(hub_api.hf_hub_download(
+        "tester/pinned", "adapter_config.json", cache_dir=tmp_path / "c")).parent))
+    assert (config.base_model_name_or_path, config.revision) == (BASE_ID, trained_on)
+    assert json.loads((out / "adapter_config.json").read_text()) == \
+        json.loads((lora_experts["a"] / "adapter_config.json").read_text())
 
 
 def test_train_pins_a_hub_base_before_training_and_publish_never_guesses_main(tmp_path, hub_api, hub, tiny_vlm,
@@ -176,10 +185,14 @@ def test_an_expert_card_carries_its_base_models_license_unless_told_another(tmp_
     (all three fields of an ``other`` license); --license (expert: license:) overrides it."""
     from huggingface_hub import ModelCard
 
+    from merge_proxy.errors import ConfigError
+    from merge_proxy.expert_metadata import TrainingSummary, write_expert_metadata
+    from merge_proxy.provenance import PublishSpec, build_expert_metadata
+
     hub_api.create_repo(BASE_ID)
     hub_api.upload_folder(repo_id=BASE_ID, folder_path=tiny_vlm.path)
     hub_api.upload_file(repo_id=BASE_ID, path_in_repo="README.md", path_or_fileobj=(
-        b"---\nlicense: other\nlicense_name: tiny-research\nlicense_link: https://example.org/LICENSE\n---\n# base\n"))
+        b"---\nlicense: other\nlicense_name: tiny-research\nlicense_link: LICENSE\n---\n# base\n"))
     out = tmp_path / "expert"
     shutil.copytree(lora_experts["a"], out)
 
@@ -188,11 +201,24 @@ def test_an_expert_card_carries_its_base_models_license_unless_told_another(tmp_
 
     publish_directory(out, repo_id="tester/inherits", domain="color", base_model=BASE_ID, hub=hub)
     inherited = card("tester/inherits")
+    # the base's relative link points into the base's repo, not at a file the expert's lacks
     assert (inherited["license"], inherited["license_name"], inherited["license_link"]) == \
-        ("other", "tiny-research", "https://example.org/LICENSE")
-    publish_directory(out, repo_id="tester/told", domain="color", base_model=BASE_ID, license="mit", hub=hub)
+        ("other", "tiny-research", f"{hub.endpoint}/{BASE_ID}/blob/main/LICENSE")
+    # the adapter folder holds no processor: the task comes from the base it adapts
+    assert inherited["pipeline_tag"] == "image-text-to-text"
+
+    # a license given is kept in expert.json, so re-publishing without the flag keeps it
+    write_expert_metadata(out, build_expert_metadata(PublishSpec(domain="color", push=False), {
+        "model_name_or_path": str(tiny_vlm.path), "output_dir": str(out)}, out, TrainingSummary(), BASE_ID))
+    publish_directory(out, repo_id="tester/told", base_model=BASE_ID, license="mit", hub=hub)
     told = card("tester/told")
     assert told["license"] == "mit" and "license_name" not in told
+    assert json.loads((out / "expert.json").read_text())["license"] == "mit"
+    publish_directory(out, repo_id="tester/told", hub=hub)
+    assert card("tester/told")["license"] == "mit"
+    with pytest.raises(ConfigError, match="license must be a Hub license id such as apache-2.0"):
+        publish_directory(out, repo_id="tester/told", license="Apache 2.0", hub=hub)
+    (out / "expert.json").unlink()
 
     # a base the Hub cannot show (here: none by that id) leaves the card without a license, not unpublished
     publish_directory(out, repo_id="tester/unknown", domain="color", base_model="tester/no-such-base", hub=hub)

@@ -103,7 +103,7 @@ class ExpertPublisher(TrainerCallback):
             return None
         assert self.base_model_id is not None
         self.publication = publish_expert(self.output_dir, self.spec, expert, self.base_model_id, self.hub)
-        if self.publication.expert != expert:  # keep the local copy identical to the published one
+        if self.publication.expert.to_text() != expert.to_text():  # keep the local copy identical to the published one
             write_expert_metadata(self.output_dir, self.publication.expert)
         return self.publication
 

@@ -10,10 +10,12 @@ this release does not know survive a rewrite (``merge-proxy publish --domain`` r
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from merge_proxy.errors import ConfigError, MergeProxyError
 
@@ -24,6 +26,8 @@ SCHEMA = "merge-proxy/expert"
 SCHEMA_VERSION = 1
 
 Artifact = Literal["adapter", "full"]
+#: A training setting as the LLaMA-Factory YAML gave it (``learning_rate: 1e-4`` is a string to YAML).
+Setting = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -119,20 +123,26 @@ class ExpertMetadata:
     """LLaMA-Factory's mix_strategy, interleave_probs, max_samples and val_size."""
     finetuning_type: str | None = None
     lora: LoraSettings | None = None
-    template: str | None = None
-    cutoff_len: int | None = None
-    learning_rate: float | None = None
-    lr_scheduler_type: str | None = None
-    warmup_ratio: float | None = None
-    num_train_epochs: float | None = None
-    max_steps: int | None = None
+    template: Setting = None
+    cutoff_len: Setting = None
+    learning_rate: Setting = None
+    lr_scheduler_type: Setting = None
+    warmup_ratio: Setting = None
+    num_train_epochs: Setting = None
+    max_steps: Setting = None
     training: TrainingSummary = TrainingSummary()
-    seed: int | None = None
+    seed: Setting = None
     versions: dict[str, str] = field(default_factory=dict)
     """Versions of llamafactory, transformers, peft, torch and merge-proxy that trained it."""
     schema_version: int = SCHEMA_VERSION
+    license: str | None = None
+    """The license the expert was published under when one was given (``expert: license:``), so a
+    re-publication keeps it; written only when set (documents before it read the same)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """Top-level keys this release does not know (a later release wrote them), kept on rewrite."""
+    nested_extra: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    """Unknown keys inside ``base_model``, ``lora``, ``training`` (by that name) and the i-th dataset
+    (``datasets.i``), kept on rewrite too."""
 
     def with_base(self, **changes: str | None) -> ExpertMetadata:
         """This record with some of its base's fields changed (``id=``, ``revision=``)."""
@@ -142,9 +152,19 @@ class ExpertMetadata:
         """The document as written: keys in the schema's order, then the unknown ones."""
         data: dict[str, Any] = {"schema": SCHEMA, "schema_version": self.schema_version}
         for f in fields(self):
-            if f.name not in ("schema_version", "extra"):
-                data[f.name] = _plain(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name in ("schema_version", *_OWN) or (f.name in _LATER_FIELDS and value is None):
+                continue
+            data[f.name] = _plain(value)
+            if f.name in _NESTED and value is not None:
+                data[f.name].update(self.nested_extra.get(f.name, {}))
+        for i, item in enumerate(data["datasets"]):
+            item.update(self.nested_extra.get(f"datasets.{i}", {}))
         return {**data, **{k: v for k, v in self.extra.items() if k not in data}}
+
+    def to_text(self) -> str:
+        """expert.json's bytes, as published and as kept beside the training output."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
     def from_json(
@@ -161,29 +181,40 @@ class ExpertMetadata:
         if data.get("schema") != SCHEMA:
             raise bad(f"schema {data.get('schema')!r}, expected {SCHEMA!r}")
         version = data.get("schema_version", SCHEMA_VERSION)
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise error(f"{where} has schema_version {version!r}; this merge-proxy reads up to "
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise bad(f"schema_version {version!r}, expected a positive integer")
+        if version > SCHEMA_VERSION:
+            raise error(f"{where} has schema_version {version}; this merge-proxy reads up to "
                         f"{SCHEMA_VERSION}: upgrade merge-proxy (pip install -U merge-proxy)")
-        domain, artifact = data.get("domain"), data.get("artifact")
-        if not isinstance(domain, str) or not domain:
+        if not data.get("domain"):
             raise bad("no domain")
-        if artifact not in ("adapter", "full"):
-            raise bad(f"artifact {artifact!r}, expected adapter or full")
-        known = {f.name for f in fields(cls)} | {"schema"}
-        return cls(
-            domain=domain, artifact=artifact,
-            base_model=_part(BaseModelRef, data.get("base_model"), "base_model", bad) or BaseModelRef(),
-            datasets=tuple(_part(DatasetUse, d, "datasets", bad, name="?", rows=None)
-                           for d in _list(data.get("datasets"), "datasets", bad)),
-            samples=data.get("samples"), mixing=dict(_mapping(data.get("mixing"), "mixing", bad)),
-            finetuning_type=data.get("finetuning_type"), lora=_part(LoraSettings, data.get("lora"), "lora", bad),
-            template=data.get("template"), cutoff_len=data.get("cutoff_len"), learning_rate=data.get("learning_rate"),
-            lr_scheduler_type=data.get("lr_scheduler_type"), warmup_ratio=data.get("warmup_ratio"),
-            num_train_epochs=data.get("num_train_epochs"), max_steps=data.get("max_steps"),
-            training=_part(TrainingSummary, data.get("training"), "training", bad) or TrainingSummary(),
-            seed=data.get("seed"), versions=dict(_mapping(data.get("versions"), "versions", bad)),
-            schema_version=version, extra={k: v for k, v in data.items() if k not in known},
-        )
+        if "artifact" not in data:
+            raise bad("no artifact")
+        nested_extra: dict[str, dict[str, Any]] = {}
+        values: dict[str, Any] = {}
+        for name, hint in get_type_hints(cls).items():
+            if name in _OWN or name not in data:
+                continue
+            value = data[name]
+            if name in _NESTED:
+                values[name], nested_extra[name] = _read_part(_NESTED[name], value, name, bad)
+            elif name == "datasets":
+                parts = [_read_part(DatasetUse, d, f"datasets.{i}", bad) for i, d in enumerate(_list(value, bad))]
+                values[name] = tuple(p for p, _ in parts)
+                nested_extra.update({f"datasets.{i}": e for i, (_, e) in enumerate(parts) if e})
+            else:
+                values[name] = _checked(value, hint, name, bad)
+        known = {f.name for f in fields(cls) if f.name not in _OWN} | {"schema"}
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known},
+                   nested_extra={k: v for k, v in nested_extra.items() if v})
+
+
+#: Nested records, by the field that holds them.
+_NESTED: dict[str, type] = {"base_model": BaseModelRef, "lora": LoraSettings, "training": TrainingSummary}
+#: ExpertMetadata's own bookkeeping, not part of the document.
+_OWN = ("extra", "nested_extra")
+#: Fields added after schema version 1 was first written, left out while unset.
+_LATER_FIELDS = ("license",)
 
 
 def _plain(value: Any) -> Any:
@@ -195,28 +226,73 @@ def _plain(value: Any) -> Any:
     return asdict(value) if value is not None and hasattr(value, "__dataclass_fields__") else value
 
 
-def _mapping(value: Any, key: str, bad: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad(f"{key} is {type(value).__name__}, expected an object")
-    return value
-
-
-def _list(value: Any, key: str, bad: Any) -> list[Any]:
-    if value is None:
-        return []
+def _list(value: Any, bad: Any) -> list[Any]:
     if not isinstance(value, list):
-        raise bad(f"{key} is {type(value).__name__}, expected a list")
+        raise bad(f"datasets is {_json_type(value)}, expected a list")
     return value
 
 
-def _part(cls: type, value: Any, key: str, bad: Any, **defaults: Any) -> Any:
-    """A nested record from its object, ignoring keys it does not hold (derived ones: samples_seen)."""
-    if value is None:
-        return None
-    names = {f.name for f in fields(cls)}
-    return cls(**{**defaults, **{k: v for k, v in _mapping(value, key, bad).items() if k in names}})
+def _read_part(cls: type, value: Any, key: str, bad: Any) -> tuple[Any, dict[str, Any]]:
+    """A nested record from its object, each field checked, and the keys it does not hold (derived
+    ones, ``samples_seen``, are recomputed, not kept)."""
+    if value is None and cls is not DatasetUse:
+        return (None if cls is LoraSettings else cls()), {}
+    if not isinstance(value, dict):
+        raise bad(f"{key} is {_json_type(value)}, expected an object")
+    hints = get_type_hints(cls)
+    known = {k: _checked(v, hints[k], f"{key}.{k}", bad) for k, v in value.items() if k in hints}
+    if cls is DatasetUse:
+        known = {"name": "?", "rows": None, **known}
+    unknown = {k: v for k, v in value.items() if k not in hints and k != "samples_seen"}
+    return cls(**known), unknown
+
+
+def _checked(value: Any, hint: Any, key: str, bad: Any) -> Any:
+    if not _conforms(value, hint):
+        raise bad(f"{key} is {_json_type(value)} {json.dumps(value)[:40]}, expected {_expected(hint)}")
+    return value
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (JSON has no int/bool/float distinction Python
+    keeps: a bool is no number here, an int is a float)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(v, args[1]) for v in value.values())
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _expected(hint: Any) -> str:
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(dict.fromkeys(_expected(a) for a in args))
+    if origin is Literal:
+        return " or ".join(map(str, args))
+    if origin is list:
+        return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "an object"
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def read_expert_metadata(
@@ -226,8 +302,9 @@ def read_expert_metadata(
     """The expert.json at ``path``, None when there is none.
 
     ``foreign_ok``: another tool's file of that name (a JSON object without our schema) reads as
-    none, with a warning, instead of an error: a merge only uses the record to name and check the
-    expert, while publishing would replace the file.
+    none, with a warning, instead of an error, and a newer release's document is read as far as this
+    release knows it: a merge only uses the record to name and check the expert, while publishing
+    would rewrite the file.
     """
     from merge_proxy.jsonfiles import read_json
 
@@ -238,15 +315,18 @@ def read_expert_metadata(
     if foreign_ok and isinstance(data, dict) and data.get("schema") != SCHEMA:
         logger.warning("%s is not merge-proxy's (schema %r); ignored", path, data.get("schema"))
         return None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if foreign_ok and isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        logger.warning("%s was written by a newer merge-proxy (schema_version %d); read as version %d",
+                       path, version, SCHEMA_VERSION)
+        data = {**data, "schema_version": SCHEMA_VERSION}
     return ExpertMetadata.from_json(data, path, error, fix)
 
 
 def write_expert_metadata(output_dir: str | Path, expert: ExpertMetadata) -> Path:
     """expert.json in ``output_dir``, written whole or not at all."""
-    import json
-
     from merge_proxy.atomic import atomic_write_text
 
     path = Path(output_dir) / EXPERT_METADATA_FILE
-    atomic_write_text(path, json.dumps(expert.to_json(), indent=2) + "\n")
+    atomic_write_text(path, expert.to_text())
     return path

@@ -21,7 +21,7 @@ from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, re
 from merge_proxy.hub import (
     HubError, HubOptions, fetch_snapshot, is_commit_sha, looks_like_repo_id, repo_files, split_revision,
 )
-from merge_proxy.jsonfiles import read_json
+from merge_proxy.jsonfiles import read_adapter_config
 from merge_proxy.mixture import check_name
 
 logger = logging.getLogger(__name__)
@@ -155,12 +155,6 @@ def _hub_files(
         ) from None
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    return read_json(path, "re-publish or repair the file", ExpertError)
-
-
 def _kind_from_files(files: Sequence[str], label: str, folders: Sequence[str] = ()) -> Kind:
     names = {Path(f).name for f in files}
     if "adapter_config.json" in names:
@@ -284,7 +278,7 @@ def _fetch(
         if located.subfolder:
             path = path / located.subfolder
     spec = located.spec
-    adapter_config = _read_json(path / "adapter_config.json") if located.kind == "lora" else None
+    adapter_config = read_adapter_config(path / "adapter_config.json", ExpertError) if located.kind == "lora" else None
     metadata = read_expert_metadata(path / EXPERT_METADATA_FILE, ExpertError, f"{located.label}: re-publish the "
                                      "expert (merge-proxy publish), or repair or delete the file",
                                      foreign_ok=True)

@@ -86,7 +86,7 @@ def _card(plan: MergePlan, record: dict, fmt: str) -> str:
         library_name="peft" if fmt == "lora" else "transformers",
         pipeline_tag=pipeline_tag(plan.base.path),
         tags=["merge-proxy", "merge", "merge-proxy-proxy", *(["lora"] if fmt == "lora" else [])],
-        **card_license(plan.base.path),
+        **card_license(plan.base.path, base_id, plan.base.revision),
     )
     card = ModelCard.from_template(data, template_str=card_template("merged"), record=record, fmt=fmt)
     return str(card)

@@ -21,3 +21,13 @@ def read_json(path: str | Path, fix: str, error: type[MergeProxyError] = ConfigE
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{path} is not valid JSON ({err}); {fix}") from None
+
+
+def read_adapter_config(path: str | Path, error: type[MergeProxyError] = ConfigError) -> dict[str, Any]:
+    """A PEFT adapter_config.json (the one reader for it: the resolver, publish and expert.json's LoRA
+    settings all need it whole or with a one-line error)."""
+    config = read_json(path, "save the adapter again (PEFT's save_pretrained)", error)
+    if not isinstance(config, dict):
+        raise error(f"{path} is not a PEFT adapter config (a JSON object); save the adapter again "
+                    "(PEFT's save_pretrained)")
+    return config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from merge_proxy.expert_metadata import (
     Artifact, BaseModelRef, DatasetUse, ExpertMetadata, LoraSettings, TrainingSummary,
 )
 from merge_proxy.flags import parse_flag
+from merge_proxy.jsonfiles import read_adapter_config
 from merge_proxy.hub import is_repo_id, looks_like_repo_id
 from merge_proxy.mixture import check_name
 
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 EXPERT_TAG = "merge-proxy-expert"
 DOMAIN_TAG_PREFIX = "merge-proxy-domain:"
+#: The shape of the Hub's license ids (apache-2.0, cc-by-nc-sa-4.0, openrail++, llama3.1, other): the Hub
+#: refuses a card with another, and only after training would be too late to say so.
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 _SPEC_KEYS = ("repo_id", "domain", "private", "revision", "tags", "base_model", "push", "artifact", "license")
 
 
@@ -72,12 +77,13 @@ class PublishSpec:
         if base_model and not looks_like_repo_id(str(base_model)):
             raise ConfigError(f"{where} base_model must be a Hub id (ORG/NAME), not {base_model!r}")
         license_id = block.get("license")
-        if license_id is not None and (not isinstance(license_id, str) or not license_id.strip()):
-            raise ConfigError(f"{where} license must be a Hub license id such as apache-2.0, not {license_id!r}")
+        if license_id is not None and not (isinstance(license_id, str) and _LICENSE_ID.fullmatch(license_id)):
+            raise ConfigError(f"{where} license must be a Hub license id such as apache-2.0, cc-by-4.0 or other "
+                              f"(https://huggingface.co/docs/hub/repositories-licenses), not {license_id!r}")
         return cls(
             domain=check_name(str(block["domain"]), "domain"), repo_id=repo_id, private=_flag(block, "private", True, where),
             revision=block.get("revision"), tags=tuple(str(t) for t in tags), base_model=base_model, push=push,
-            artifact=artifact, license=license_id.strip() if license_id else None,
+            artifact=artifact, license=license_id,
         )
 
 
@@ -179,7 +185,7 @@ def lora_settings(output_dir: Path) -> LoraSettings | None:
     path = output_dir / "adapter_config.json"
     if not path.is_file():
         return None
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_adapter_config(path)
     targets = cfg.get("target_modules") or []
     return LoraSettings(
         r=cfg.get("r"), alpha=cfg.get("lora_alpha"), dropout=cfg.get("lora_dropout"),
@@ -214,6 +220,7 @@ def build_expert_metadata(
         training=summary,
         seed=args.get("seed", 42),
         versions=_versions(),
+        license=spec.license,
     )
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from merge_proxy.errors import MergeProxyError
 from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, LoraSettings
 from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
-from merge_proxy.jsonfiles import read_json
-from merge_proxy.model_cards import VISION_PIPELINE, base_license, pipeline_tag
+from merge_proxy.jsonfiles import read_adapter_config
+from merge_proxy.model_cards import VISION_PIPELINE, BaseCard, base_card, pipeline_tag
 from merge_proxy.provenance import DOMAIN_TAG_PREFIX, EXPERT_TAG, PublishSpec, loaded_from_hub
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def artifact_files(output_dir: Path) -> list[Path]:
 
 
 def card_metadata(
-    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, pipeline: str = VISION_PIPELINE,
+    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, pipeline: str | None = VISION_PIPELINE,
     license_fields: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The card's YAML metadata, as the Hub reads it (base_model, relation, datasets, tags)."""
@@ -74,7 +74,6 @@ def card_metadata(
         "base_model": base_model_id,
         "base_model_relation": "adapter" if adapter else "finetune",
         "library_name": "peft" if adapter else "transformers",
-        "pipeline_tag": pipeline,
         "tags": [EXPERT_TAG, f"{DOMAIN_TAG_PREFIX}{spec.domain}", "llama-factory", *(["lora"] if adapter else []),
                  *[t for t in spec.tags if t not in (EXPERT_TAG,)]],
         "merge_proxy": {
@@ -82,6 +81,8 @@ def card_metadata(
             "samples": expert.samples, "schema_version": expert.schema_version,
         },
     }
+    if pipeline:
+        meta["pipeline_tag"] = pipeline
     if datasets:
         meta["datasets"] = datasets
     meta.update({"license": spec.license} if spec.license else license_fields or {})
@@ -89,7 +90,7 @@ def card_metadata(
 
 
 def render_card(
-    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str, pipeline: str = VISION_PIPELINE,
+    spec: PublishSpec, expert: ExpertMetadata, base_model_id: str, repo_id: str, pipeline: str | None = VISION_PIPELINE,
     license_fields: dict[str, str] | None = None,
 ) -> str:
     from huggingface_hub import ModelCard, ModelCardData
@@ -147,9 +148,10 @@ def publish_expert(
     api = hub.api()
     retry = f"the training output in {output_dir} is intact; retry with: {retry_command(output_dir, spec, base_model_id, config)}"
     expert = _pinned(api, with_base_model_id(expert, base_model_id), retry)
-    licensed = {} if spec.license else base_license(expert.base_model, hub)
-    card = render_card(spec, expert, base_model_id, spec.repo_id, pipeline_tag(output_dir), licensed)
-    expert_json = json.dumps(expert.to_json(), indent=2, sort_keys=False) + "\n"
+    own_task = pipeline_tag(output_dir)
+    base = base_card(expert.base_model, hub) if not (spec.license and own_task) else BaseCard()
+    card = render_card(spec, expert, base_model_id, spec.repo_id, own_task or base.pipeline_tag, base.license)
+    expert_json = expert.to_text()
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_published(p, expert)) for p in files
                   if p.name != EXPERT_METADATA_FILE]
     operations.append(CommitOperationAdd(path_in_repo=EXPERT_METADATA_FILE, path_or_fileobj=expert_json.encode()))
@@ -178,9 +180,7 @@ def _published(path: Path, expert: ExpertMetadata) -> str | bytes:
     else. The local file is left as LLaMA-Factory wrote it."""
     if path.name != "adapter_config.json":
         return str(path)
-    config = read_json(path, "save the adapter again (PEFT's save_pretrained)", PublishError)
-    if not isinstance(config, dict):
-        raise PublishError(f"{path} is not a PEFT adapter config (a JSON object); save the adapter again")
+    config = read_adapter_config(path, PublishError)
     base = expert.base_model
     config["base_model_name_or_path"] = base.id
     if is_commit_sha(base.revision):

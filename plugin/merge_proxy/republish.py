@@ -15,7 +15,7 @@ from pathlib import Path
 from merge_proxy.errors import ConfigError
 from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, read_expert_metadata, write_expert_metadata
 from merge_proxy.hub import HubOptions, is_repo_id, looks_like_repo_id
-from merge_proxy.jsonfiles import read_json
+from merge_proxy.jsonfiles import read_adapter_config
 from merge_proxy.provenance import PublishSpec, build_expert_metadata, resolve_base_model_id, summary_from_output_dir
 from merge_proxy.publish import Publication, publish_expert
 
@@ -29,8 +29,7 @@ def _args_from_dir(output_dir: Path, config: str | None) -> dict:
         args, _ = split_expert_block(read_config(config, ()), config)
         return args
     adapter = output_dir / "adapter_config.json"
-    config = read_json(adapter, "save the adapter again (PEFT's save_pretrained)") if adapter.is_file() else {}
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    base = read_adapter_config(adapter).get("base_model_name_or_path") if adapter.is_file() else None
     return {"model_name_or_path": base, "output_dir": str(output_dir),
             "finetuning_type": "lora" if adapter.is_file() else "full"}
 
@@ -60,10 +59,10 @@ def publish_directory(
     base_model = base_model or (existing.base_model.id if existing else None)
     _check_flags(repo_id, base_model)
     block = {"domain": domain, "repo_id": repo_id, "private": private, "revision": revision,
-             "tags": list(tags), "base_model": base_model, "license": license}
+             "tags": list(tags), "base_model": base_model, "license": license or (existing.license if existing else None)}
     spec = PublishSpec.from_block(block, where="merge-proxy publish:")
     if existing is not None:  # its provenance (samples seen, global batch) only the training run knew; relabelled
-        expert = existing if existing.domain == domain else replace(existing, domain=domain)
+        expert = replace(existing, domain=domain, license=spec.license)
         base_id = base_model
         if not base_id:
             raise ConfigError(f"{existing_path} names no Hub base model; pass --base-model ORG/NAME")
@@ -76,7 +75,8 @@ def publish_directory(
     # After a successful push the local expert.json says what the Hub's says (the base id given by
     # --base-model, the domain given by --domain), so later merges from the directory pass the same
     # base check and name the expert alike.
-    if existing is not None and publication.expert is not None and publication.expert != existing:
+    if existing is not None and publication.expert is not None \
+            and existing_path.read_text(encoding="utf-8") != publication.expert.to_text():
         logger.info("updated %s to match the published expert.json",
                     write_expert_metadata(output_dir, publication.expert))
     return publication
