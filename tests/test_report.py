@@ -590,3 +590,15 @@ def test_card_of_a_report_without_ranking_csv_does_not_point_to_it(tmp_path):
     without = _render_card(result_card_context(result.analysis, records, ranking_csv=False))
     assert "`report/ranking.csv`" in with_csv and "and 40 more (all in `report/ranking.csv`)." in with_csv
     assert "ranking.csv" not in without and "and 40 more." in without
+
+
+def test_the_result_card_names_a_local_base_by_its_folder_only():
+    """The card is public; the sweeping machine's paths (a user name in /home/alice) are not."""
+    from merge_proxy.report import _base_label
+
+    sha = "a" * 40
+    assert _base_label({"source": "Qwen/Qwen2-VL-2B", "pinned": f"Qwen/Qwen2-VL-2B@{sha}", "revision": sha}) == \
+        f"`Qwen/Qwen2-VL-2B` at commit `{sha}`"
+    assert _base_label({"source": "../models/qwen2vl", "pinned": "/home/alice/models/qwen2vl", "revision": None}) == \
+        "a local directory, `qwen2vl`"
+    assert _base_label({}) is None

@@ -489,6 +489,18 @@ def _card_comparison(comp: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _base_label(base: Mapping[str, Any]) -> str | None:
+    """How the result card names the base: a Hub base by id and commit; a local one by its folder's
+    name only (the card is public, the path is the sweeping machine's)."""
+    source, pinned = base.get("source"), str(base.get("pinned") or "")
+    if not source:
+        return None
+    if base.get("revision") or not Path(pinned or str(source)).is_absolute():
+        commit = f" at commit `{base['revision']}`" if base.get("revision") else ""
+        return f"`{source}`{commit}"
+    return f"a local directory, `{Path(str(source)).name}`"
+
+
 def result_card_context(
     analysis: Analysis | Mapping[str, Any], records: Iterable[JournalRecord], title: str | None = None,
     *, ranking_csv: bool = True,
@@ -529,6 +541,7 @@ def result_card_context(
         },
         "experts": _experts(records, domains),
         "base": dict(base),
+        "base_label": _base_label(base),
         "benchmarks": list(data["benchmarks"]),
         "benchmark_weights": dict(data["benchmark_weights"]),
         "n_mixtures": len(data["mixtures"]),
