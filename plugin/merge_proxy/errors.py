@@ -39,6 +39,13 @@ class MissingDependencyError(MergeProxyError):
         self.extra = extra
 
 
+def describe_error(err: Exception) -> str:
+    """An exception in one line, its type and the first line of its text: a client error's later
+    lines may hold request headers (never the token in a log)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"[:300]
+
+
 def describe_os_error(err: OSError) -> str:
     """One line for a file-system error the user can fix: what failed, on which path, and the hint."""
     what = err.strerror or str(err)

@@ -169,10 +169,11 @@ class ExpertMetadata:
     @classmethod
     def from_json(
         cls, data: Any, where: str | Path, error: type[MergeProxyError] = ConfigError,
-        fix: str = "re-publish the expert, or repair the file",
+        fix: str = "re-publish the expert, or repair the file", *, newer_ok: bool = False,
     ) -> ExpertMetadata:
         """Read a document, refusing one that is not an expert record with ``error`` naming ``where``,
-        the field and ``fix``; fields missing from an older document read as unknown (None)."""
+        the field and ``fix``; fields missing from an older document read as unknown (None). A newer
+        release's document is refused unless ``newer_ok``, which reads what this release knows of it."""
         def bad(what: str) -> MergeProxyError:
             return error(f"{where} is not a merge-proxy expert.json ({what}); {fix}")
 
@@ -183,7 +184,10 @@ class ExpertMetadata:
         version = data.get("schema_version", SCHEMA_VERSION)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise bad(f"schema_version {version!r}, expected a positive integer")
-        if version > SCHEMA_VERSION:
+        if version > SCHEMA_VERSION and newer_ok:
+            logger.warning("%s was written by a newer merge-proxy (schema_version %d); read as version %d",
+                           where, version, SCHEMA_VERSION)
+        elif version > SCHEMA_VERSION:
             raise error(f"{where} has schema_version {version}; this merge-proxy reads up to "
                         f"{SCHEMA_VERSION}: upgrade merge-proxy (pip install -U merge-proxy)")
         if not data.get("domain"):
@@ -196,6 +200,8 @@ class ExpertMetadata:
             if name in _OWN or name not in data:
                 continue
             value = data[name]
+            if name in _NESTED and value is None:  # as if absent: the field's default
+                continue
             if name in _NESTED:
                 values[name], nested_extra[name] = _read_part(_NESTED[name], value, name, bad)
             elif name == "datasets":
@@ -235,8 +241,6 @@ def _list(value: Any, bad: Any) -> list[Any]:
 def _read_part(cls: type, value: Any, key: str, bad: Any) -> tuple[Any, dict[str, Any]]:
     """A nested record from its object, each field checked, and the keys it does not hold (derived
     ones, ``samples_seen``, are recomputed, not kept)."""
-    if value is None and cls is not DatasetUse:
-        return (None if cls is LoraSettings else cls()), {}
     if not isinstance(value, dict):
         raise bad(f"{key} is {_json_type(value)}, expected an object")
     hints = get_type_hints(cls)
@@ -315,12 +319,7 @@ def read_expert_metadata(
     if foreign_ok and isinstance(data, dict) and data.get("schema") != SCHEMA:
         logger.warning("%s is not merge-proxy's (schema %r); ignored", path, data.get("schema"))
         return None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if foreign_ok and isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        logger.warning("%s was written by a newer merge-proxy (schema_version %d); read as version %d",
-                       path, version, SCHEMA_VERSION)
-        data = {**data, "schema_version": SCHEMA_VERSION}
-    return ExpertMetadata.from_json(data, path, error, fix)
+    return ExpertMetadata.from_json(data, path, error, fix, newer_ok=foreign_ok)
 
 
 def write_expert_metadata(output_dir: str | Path, expert: ExpertMetadata) -> Path:

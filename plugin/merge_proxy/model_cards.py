@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from merge_proxy.errors import describe_error
 from merge_proxy.hub import looks_like_repo_id
 
 if TYPE_CHECKING:
@@ -115,9 +116,8 @@ def base_card(base: BaseModelRef, hub: HubOptions) -> BaseCard:
     try:
         info = hub.api().model_info(base.id, revision=revision)
     except Exception as err:  # noqa: BLE001 - the expert is still publishable; say what is missing
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        logger.warning("could not read the card of %s from the Hub (%s: %s); the expert's card states no "
-                       "license: set expert: license: (or --license)", base.id, type(err).__name__, first_line[:200])
+        logger.warning("could not read the card of %s from the Hub (%s); the expert's card states no "
+                       "license: set expert: license: (or --license)", base.id, describe_error(err))
         return found
     card = info.card_data.to_dict() if info.card_data else {}
     return BaseCard(found.license or _license_fields(card, base.id, revision, hub.endpoint),

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from merge_proxy.errors import MergeProxyError
+from merge_proxy.errors import MergeProxyError, describe_error
 from merge_proxy.expert_metadata import EXPERT_METADATA_FILE, ExpertMetadata, LoraSettings
 from merge_proxy.hub import HubOptions, is_commit_sha, stale_file_deletes
 from merge_proxy.jsonfiles import read_adapter_config
@@ -168,7 +168,7 @@ def publish_expert(
             + (f", {len(stale)} stale files removed)." if stale else ")."),
         )
     except Exception as err:  # noqa: BLE001 - any client failure gets the same actionable message
-        raise PublishError(f"publishing {spec.repo_id} failed ({_describe(err)}); {retry}") from err
+        raise PublishError(f"publishing {spec.repo_id} failed ({describe_error(err)}); {retry}") from err
     logger.info("published %s@%s (%d files)", spec.repo_id, info.oid[:10], len(operations))
     return Publication(spec.repo_id, info.oid, info.commit_url, tuple(op.path_in_repo for op in operations), expert)
 
@@ -194,7 +194,7 @@ def _pinned(api: Any, expert: ExpertMetadata, retry: str) -> ExpertMetadata:
     except Exception as err:  # noqa: BLE001 - same actionable message as a failed push
         base = expert.base_model
         raise PublishError(f"cannot resolve the base model {base.path}@{base.revision or 'main'} to a "
-                           f"commit ({_describe(err)}); check its id and your access to it; {retry}") from err
+                           f"commit ({describe_error(err)}); check its id and your access to it; {retry}") from err
 
 
 def pin_base_revision(api: Any, expert: ExpertMetadata) -> ExpertMetadata:
@@ -231,7 +231,7 @@ def pin_training_base(args: dict[str, Any], hub: HubOptions | None = None) -> di
         sha = (hub or HubOptions()).api().model_info(path, revision=revision or None).sha
     except Exception as err:  # noqa: BLE001 - training may still work from the cache
         logger.warning("could not pin base %s@%s to a commit (%s); expert.json records the revision as given",
-                       path, revision or "main", _describe(err))
+                       path, revision or "main", describe_error(err))
         return args
     logger.info("training from base %s@%s = commit %s", path, revision or "main", sha)
     return {**args, "model_revision": sha}
@@ -261,9 +261,3 @@ def retry_command(output_dir: Path, spec: PublishSpec, base_model_id: str, confi
     if spec.license:
         args += ["--license", spec.license]
     return shlex.join(args)
-
-
-def _describe(err: Exception) -> str:
-    """One line, without request headers (never the token)."""
-    text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {text}"[:300]
